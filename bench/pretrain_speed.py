@@ -1,0 +1,155 @@
+"""Pretraining step time and peak memory: SSAST vs MAE-AST vs ASiT on the same encoder.
+
+MAE-AST reports ~3x faster steps and ~2x less memory than SSAST because its
+encoder only runs on the 25% unmasked patches. This measures one training step
+(forward + backward + AdamW step, + the EMA update for ASiT) for each
+objective on the papers' input, 128 mel x 1024 frames = 512 patches of 16x16,
+and prints a markdown table with ratios against SSAST.
+
+Each objective runs in its own subprocess so that peak memory is its own:
+on CUDA ``torch.cuda.max_memory_allocated``, on CPU the peak resident set size
+(``ru_maxrss``); both are reported above the memory held once the model,
+optimizer and batch exist (so: activations, gradients, optimizer state).
+
+    python bench/pretrain_speed.py                           # CPU: tiny encoder, batch 2
+    python bench/pretrain_speed.py --device cuda --bf16      # CUDA: base encoder, batch 24
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from edgeast.models.ast import ast_config  # noqa: E402
+from edgeast.models.objectives import OBJECTIVES, build_objective  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--size", default=None, help="encoder size (default: tiny on CPU, base on CUDA)")
+    parser.add_argument("--batch", type=int, default=None, help="clips per step (default: 2 on CPU, 24 on CUDA)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (more with --compile)")
+    parser.add_argument("--frames", type=int, default=1024)
+    parser.add_argument("--mel", type=int, default=128)
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the objective module")
+    parser.add_argument("--objectives", default=",".join(OBJECTIVES), help="comma-separated, ssast first for ratios")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: measure one objective
+    args = parser.parse_args(argv)
+    on_cuda = args.device.startswith("cuda")
+    args.size = args.size or ("base" if on_cuda else "tiny")
+    args.batch = args.batch or (24 if on_cuda else 2)
+    return args
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Build one objective, run warmup + timed steps, return its figures (runs in a subprocess)."""
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    encoder_cfg = ast_config(args.size, num_mel_bins=args.mel, num_frames=args.frames)
+    model = build_objective(args.worker, encoder_cfg).to(device).train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4, fused=device.type == "cuda")
+    forward = torch.compile(model) if args.compile else model
+    features = torch.randn(args.batch, args.frames, args.mel, device=device)
+    total_steps = args.warmup + args.steps
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        baseline = torch.cuda.memory_allocated(device) / 2**20
+    else:
+        baseline = _rss_mib()
+    times = []
+    for step in range(total_steps):
+        sync()
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            loss, _ = forward(features)
+        loss.backward()
+        optimizer.step()
+        if hasattr(model, "after_optimizer_step"):
+            model.after_optimizer_step(step, total_steps)
+        sync()
+        if step >= args.warmup:
+            times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return {
+        "objective": args.worker,
+        "step_ms": 1000 * statistics.median(times),
+        "peak_mib": max(peak - baseline, 0.0),
+        "patches": model.encoder.num_patches,
+        "encoder_tokens": model.encoder.num_patches - (model.num_masked if args.worker == "maeast" else 0),
+        "trainable_m": sum(p.numel() for p in trainable) / 1e6,
+        "encoder_m": sum(p.numel() for p in model.encoder.parameters()) / 1e6,
+        "threads": torch.get_num_threads(),
+        "loss": loss.item(),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        print(json.dumps(measure(args)))
+        return
+    passed = sys.argv[1:] if argv is None else argv
+    results = []
+    for name in args.objectives.split(","):
+        if name not in OBJECTIVES:
+            raise SystemExit(f"--objectives: unknown objective {name!r} (expected {', '.join(OBJECTIVES)})")
+        command = [sys.executable, __file__, *passed, "--worker", name]
+        run = subprocess.run(command, capture_output=True, text=True)
+        if run.returncode != 0:
+            raise SystemExit(f"{name} failed:\n{run.stderr[-3000:]}")
+        results.append(json.loads(run.stdout.strip().splitlines()[-1]))
+
+    reference = results[0]
+    precision = "bf16 autocast" if args.bf16 else "fp32"
+    print(f"command: `python bench/pretrain_speed.py {shlex.join(passed)}`".rstrip())
+    print(
+        f"device {args.device} (torch {torch.__version__}, {reference['threads']} threads), encoder {args.size} "
+        f"({reference['encoder_m']:.1f}M params), input {args.mel} mel x {args.frames} frames = {reference['patches']} patches, "
+        f"batch {args.batch}, {precision}{', torch.compile' if args.compile else ''}, median of {args.steps} steps "
+        f"after {args.warmup} warmup\n"
+    )
+    print(
+        f"| objective | patches in encoder | trainable params | step ms | speed-up vs {reference['objective']} "
+        f"| peak MiB above model | memory vs {reference['objective']} |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in results:
+        speedup = reference["step_ms"] / r["step_ms"]
+        memory = r["peak_mib"] / reference["peak_mib"] if reference["peak_mib"] > 0 else float("nan")
+        print(
+            f"| {r['objective']} | {r['encoder_tokens']} | {r['trainable_m']:.1f}M | {r['step_ms']:.0f} "
+            f"| {speedup:.2f}x | {r['peak_mib']:.0f} | {memory:.2f}x |"
+        )
+
+
+if __name__ == "__main__":
+    main()

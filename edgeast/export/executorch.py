@@ -1,0 +1,79 @@
+"""KeywordModel -> ExecuTorch program (`.pte`) delegated to XNNPACK, fp32 or int8.
+
+The whole model, front end included, is one `torch.export` graph that takes a
+raw PCM window `[1, window_samples]` and returns logits `[1, classes]`.
+
+int8 uses the PT2E flow: the exported graph is annotated by ExecuTorch's
+`XNNPACKQuantizer` for the `classifier` submodule only (symmetric int8,
+per-channel weights), observed on calibration clips, and converted to
+quantize/dequantize pairs that the XNNPACK partitioner fuses into int8
+kernels. The front end is never annotated, so the DFT conv and the mel matmul
+stay in float: log-mel precision matters more than its cost.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+
+def quantize_classifier(model: nn.Module, example: Tensor, calib_waves: Tensor) -> torch.fx.GraphModule:
+    """The model as a PT2E graph with int8 quantize/dequantize around the classifier's ops.
+
+    `calib_waves` `[N, S]` are run one window at a time through the observed
+    graph, exactly as the app will call it.
+    """
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    if calib_waves.dim() != 2 or calib_waves.shape[1] != example.shape[1] or len(calib_waves) == 0:
+        raise ValueError(
+            f"calibration clips have shape {tuple(calib_waves.shape)}; expected [N > 0, {example.shape[1]}]"
+        )
+    quantizer = XNNPACKQuantizer().set_module_name(
+        "classifier", get_symmetric_quantization_config(is_per_channel=True)
+    )
+    graph = torch.export.export(model, (example,), strict=False).module()
+    observed = prepare_pt2e(graph, quantizer)
+    with torch.no_grad():
+        for wave in calib_waves.float():
+            observed(wave[None])
+    return convert_pt2e(observed)
+
+
+def export_pte(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    window_samples: int,
+    sample_rate: int,
+    num_classes: int,
+    format_version: int,
+    int8: bool = False,
+    calib_waves: Tensor | None = None,
+) -> None:
+    """Write `model` as an XNNPACK-delegated ExecuTorch program to `path`.
+
+    The scalars are also stored as constant methods of the program (an app can
+    `load_method("sample_rate")` without the sidecar); labels live in the sidecar.
+    """
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    example = torch.zeros(1, window_samples)
+    if int8:
+        if calib_waves is None:
+            raise ValueError("int8 export needs calibration clips (calib_waves); pass clips from the training data")
+        model = quantize_classifier(model, example, calib_waves)
+    program = torch.export.export(model, (example,), strict=False)
+    constants = dict(
+        sample_rate=sample_rate, window_samples=window_samples, num_classes=num_classes,
+        format_version=format_version,
+    )
+    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()], constant_methods=constants)
+    Path(path).write_bytes(edge.to_executorch().buffer)

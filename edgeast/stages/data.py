@@ -1,0 +1,101 @@
+"""Datasets for the pipeline stages, built from a recipe's `data` section."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from edgeast.data.common import DatasetError, collate_skip_none
+from edgeast.data.folders import FolderDataset, UnlabeledAudio
+from edgeast.data.speech_commands import SpeechCommands
+from edgeast.stages.recipe import DataConfig
+
+
+class InMemory(Dataset):
+    """Decode every clip of a small dataset once; bad files are dropped and counted.
+
+    Epochs then cost no file I/O, which matters on a 2-core machine where the
+    decoder would otherwise compete with the model for the same cores.
+    """
+
+    def __init__(self, source: Dataset, labelled: bool = True) -> None:
+        items = [source[i] for i in range(len(source))]
+        self.skipped = sum(item is None for item in items)
+        items = [item for item in items if item is not None]
+        if not items:
+            raise DatasetError(f"{getattr(source, 'root', source)}: no readable clips")
+        if labelled:
+            self.waves = torch.stack([w for w, _ in items])
+            self.targets = [int(t) for _, t in items]
+        else:
+            self.waves = torch.stack(items)
+            self.targets = []
+        self.labelled = labelled
+        self.labels = getattr(source, "labels", [])
+
+    def __len__(self) -> int:
+        return len(self.waves)
+
+    def __getitem__(self, i: int):
+        return (self.waves[i], self.targets[i]) if self.labelled else self.waves[i]
+
+
+def ensure_data(cfg: DataConfig, seed: int = 0) -> Path:
+    """The dataset root; synthesized first when the recipe asks for it and it is missing."""
+    root = Path(cfg.root)
+    if root.is_dir() and any(root.iterdir()):
+        return root
+    if not cfg.synthesize:
+        raise DatasetError(f"data.root={root}: no such dataset folder; point data.root at your data "
+                           "or set data.synthesize=true to create the synthetic set")
+    from edgeast.config import from_dict
+    from edgeast.data.synth import SynthConfig, synthesize_dataset
+
+    synth = from_dict(SynthConfig, {"seed": seed, **cfg.synth})
+    synthesize_dataset(root, synth)
+    return root
+
+
+def labelled_split(cfg: DataConfig, split: str, labels: list[str] | None = None) -> Dataset:
+    root = Path(cfg.root)
+    if cfg.kind == "speech_commands":
+        ds = SpeechCommands(root, split, cfg.task)
+    elif cfg.kind == "folders":
+        ds = FolderDataset(root, split, labels=labels)
+    else:
+        raise DatasetError(f"data.kind={cfg.kind!r}: use 'speech_commands' or 'folders'")
+    if labels is not None and list(ds.labels) != list(labels):
+        raise DatasetError(f"labels of {root} ({ds.labels}) do not match the model's labels ({labels}); "
+                           "fine-tune on data with the same classes or start from scratch")
+    return InMemory(ds) if cfg.in_memory else ds
+
+
+def unlabeled_set(cfg: DataConfig, clip_seconds: float = 1.0) -> Dataset:
+    """Pretraining audio: the recipe's folder, <root>/_unlabeled_, or the labelled training clips."""
+    root = Path(cfg.root)
+    folder = Path(cfg.unlabeled) if cfg.unlabeled else root / "_unlabeled_"
+    if folder.is_dir():
+        ds = UnlabeledAudio(folder, clip_seconds)
+        return InMemory(ds, labelled=False) if cfg.in_memory else ds
+    if cfg.unlabeled:
+        raise DatasetError(f"data.unlabeled={folder}: no such folder of audio")
+    return WavesOnly(labelled_split(cfg, "train"))
+
+
+class WavesOnly(Dataset):
+    """A labelled dataset seen without its labels (pretraining on the keyword clips)."""
+
+    def __init__(self, source: Dataset) -> None:
+        self.source = source
+        self.skipped = getattr(source, "skipped", 0)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int):
+        item = self.source[i]
+        return None if item is None else item[0]
+
+
+collate = collate_skip_none

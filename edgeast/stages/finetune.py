@@ -1,0 +1,127 @@
+"""Fine-tune a keyword teacher: front end + augmentation + AST classifier + loss.
+
+`KeywordTrainee` is what the engine trains for fine-tuning (and, with a
+teacher, for distillation): waves go in, a loss comes out. Augmentation runs
+batched inside the forward pass, so it is on the training device and drawn
+from the torch RNG the engine saves for resume.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from edgeast.audio.augment import AugmentConfig, SpecAugment, WaveAugment, mixup
+from edgeast.audio.frontend import FrontendConfig, LogMelFrontend
+from edgeast.engine.trainer import Trainer
+from edgeast.models.ast import ASTClassifier, ASTConfig, ast_config
+from edgeast.models.checkpoint import from_pretrained, save_model
+from edgeast.models.keyword import KeywordModel
+from edgeast.stages.recipe import FinetuneConfig, ModelConfig
+
+
+def build_classifier(model: ModelConfig, frontend: FrontendConfig, num_classes: int) -> ASTClassifier:
+    """A fresh classifier for the recipe's model size, shaped to the front end's output."""
+    overrides = {"num_mel_bins": frontend.num_mel_bins, "num_frames": frontend.num_frames or 100,
+                 "num_classes": num_classes, **model.overrides}
+    return ASTClassifier(ast_config(model.size, **overrides))
+
+
+def layer_id(name: str, depth: int) -> int:
+    """0 for embeddings, i + 1 for block i, depth + 1 for the final norm and head (BEiT-style)."""
+    if name.startswith("encoder.blocks."):
+        return int(name.split(".")[2]) + 1
+    if name.startswith("encoder.") and not name.startswith("encoder.norm"):
+        return 0
+    return depth + 1
+
+
+class KeywordTrainee(nn.Module):
+    """Waves + labels -> loss; what the engine optimizes for fine-tuning."""
+
+    def __init__(self, model: KeywordModel, cfg: FinetuneConfig, noise_bank: Tensor | None = None):
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.wave_augment = WaveAugment(cfg.augment)
+        self.register_buffer("noise_bank", noise_bank, persistent=False)  # follows the module to its device
+        self.spec_augment = SpecAugment(cfg.augment.freqm, cfg.augment.timem)
+        if cfg.linear_probe:
+            for p in model.classifier.encoder.parameters():
+                p.requires_grad_(False)
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.classifier.cfg.num_classes
+
+    def features(self, wave: Tensor) -> Tensor:
+        """Augmented features in training, clean features in eval."""
+        if self.training:
+            self.wave_augment.noise_bank = self.noise_bank
+            wave = self.wave_augment(wave)
+        x = self.model.frontend(wave)
+        return self.spec_augment(x) if self.training else x
+
+    def targets(self, labels: Tensor) -> Tensor:
+        eps = self.cfg.label_smoothing
+        onehot = F.one_hot(labels, self.num_classes).float()
+        return onehot * (1 - eps) + eps / self.num_classes
+
+    def classification_loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        if self.cfg.loss == "bce":
+            return F.binary_cross_entropy_with_logits(logits.float(), target)
+        return torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+
+    def forward(self, batch) -> tuple[Tensor, dict[str, Tensor]]:
+        wave, labels = batch
+        x = self.features(wave)
+        target = self.targets(labels)
+        if self.training and self.cfg.augment.mixup_prob > 0:
+            x, target = mixup(x, target, self.cfg.augment.mixup_alpha, prob=self.cfg.augment.mixup_prob)
+        logits = self.model.classifier(x)
+        loss = self.classification_loss(logits, target)
+        acc = (logits.argmax(-1) == labels).float().mean()
+        return loss, {"acc": acc.detach()}
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """No decay on 1-D params and tokens; layer-wise LR decay when configured."""
+        depth = self.model.classifier.cfg.depth
+        groups: dict[tuple[int, bool], dict] = {}
+        for name, p in self.model.classifier.named_parameters():
+            if not p.requires_grad:
+                continue
+            no_decay = p.ndim <= 1 or "token" in name or "pos_embed" in name
+            lid = layer_id(name, depth)
+            g = groups.setdefault((lid, no_decay), {
+                "params": [], "weight_decay": 0.0 if no_decay else weight_decay,
+                "lr_scale": self.cfg.layer_decay ** (depth + 1 - lid)})
+            g["params"].append(p)
+        return list(groups.values())
+
+
+def init_teacher(cfg: FinetuneConfig, model_cfg: ModelConfig, frontend: FrontendConfig,
+                 labels: list[str], pretrain_dir: Path | None) -> KeywordModel:
+    """The starting point: our pretraining, an imported checkpoint, or random init."""
+    if cfg.init == "scratch" or (cfg.init == "pretrain" and pretrain_dir is None):
+        classifier = build_classifier(model_cfg, frontend, len(labels))
+    else:
+        src = pretrain_dir if cfg.init == "pretrain" else Path(cfg.init)
+        overrides = {k: v for k, v in model_cfg.overrides.items() if k in ("drop_path", "dropout", "stride_f", "stride_t", "pool")}
+        classifier = from_pretrained(src, num_classes=len(labels), num_frames=frontend.num_frames or 100, **overrides)
+    return KeywordModel(LogMelFrontend(frontend), classifier, labels)
+
+
+def run_finetune(cfg: FinetuneConfig, model: KeywordModel, train_set, out: Path, *,
+                 evaluate=None, noise_bank: Tensor | None = None, resume: bool = False,
+                 provenance: dict | None = None):
+    """Train `model` on `train_set`; writes <out>/model (checkpoint) and returns (model, FitResult)."""
+    trainee = KeywordTrainee(model, cfg, noise_bank)
+    trainer = Trainer(cfg.engine, trainee, train_set, out, evaluate=evaluate, name="finetune")
+    result = trainer.fit(resume=resume)
+    model = trainer.module.model
+    save_model(model, out / "model", labels=model.labels,
+               provenance={"stage": "finetune", "recipe": asdict(cfg), **(provenance or {})})
+    return model, result

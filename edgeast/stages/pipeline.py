@@ -1,0 +1,206 @@
+"""`edgeast train`: pretrain -> teacher -> student in one run folder, then a summary and report.md.
+
+    runs/<name>/pretrain/model    encoder-only checkpoint
+    runs/<name>/teacher/model     fine-tuned keyword teacher
+    runs/<name>/student/model     distilled student
+    runs/<name>/student_baseline/model   the same student without the teacher
+    runs/<name>/report.md         figures, tables and plots
+
+A stage whose `model/` exists is skipped; `resume=True` continues an
+interrupted stage from its last engine checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from edgeast.audio.frontend import FrontendConfig, compute_stats
+from edgeast.config import ConfigError
+from edgeast.models.checkpoint import load_model
+from edgeast.models.profile import count_macs
+from edgeast.stages.data import ensure_data, labelled_split, unlabeled_set
+from edgeast.stages.evaluate import evaluate_model
+from edgeast.stages.recipe import Recipe
+
+console = Console()
+
+
+@dataclass
+class StageSummary:
+    name: str
+    params: int
+    macs: int
+    size_bytes: int
+    val_acc: float
+    test_acc: float
+    seconds: float = 0.0
+
+    def row(self) -> list[str]:
+        return [self.name, f"{self.params / 1e6:.3f}M", f"{self.macs / 1e6:.1f}M", f"{self.size_bytes / 1e6:.2f} MB",
+                f"{100 * self.val_acc:.2f}", f"{100 * self.test_acc:.2f}", f"{self.seconds:.0f}"]
+
+
+@dataclass
+class PipelineResult:
+    run_dir: Path
+    stages: dict[str, StageSummary] = field(default_factory=dict)
+
+
+def check_recipe(recipe: Recipe, stages: list[str]) -> None:
+    """Fail before any work on what can be known up front: paths, stage order."""
+    data = Path(recipe.data.root)
+    if not (data.is_dir() or recipe.data.synthesize):
+        raise ConfigError(f"data.root={data}: no such folder (set data.synthesize=true for the synthetic set)")
+    if recipe.data.unlabeled and not Path(recipe.data.unlabeled).is_dir():
+        raise ConfigError(f"data.unlabeled={recipe.data.unlabeled}: no such folder")
+    init = recipe.finetune.init
+    if init not in ("pretrain", "scratch") and not Path(init).exists():
+        raise ConfigError(f"finetune.init={init}: no such checkpoint (use 'pretrain', 'scratch' or a path)")
+    teacher = recipe.out / "teacher" / "model"
+    if "distill" in stages and "finetune" not in stages and not teacher.is_dir():
+        raise ConfigError(f"distill needs a teacher: {teacher} does not exist; add 'finetune' to the stages")
+
+
+def fit_frontend(recipe: Recipe, train_set) -> FrontendConfig:
+    """The recipe's front end with mean/std measured on the training clips (cached in the run folder)."""
+    cache = recipe.out / "frontend.json"
+    if cache.is_file():
+        return FrontendConfig(**json.loads(cache.read_text()))
+    cfg = recipe.frontend
+    if recipe.fit_normalization:
+        waves = (train_set[i][0] for i in range(len(train_set)) if train_set[i] is not None)
+        mean, std = compute_stats(waves, cfg)
+        cfg = replace(cfg, mean=mean, std=std)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(cfg.__dict__, indent=2))
+    return cfg
+
+
+def noise_bank(root: Path, sample_rate: int) -> torch.Tensor | None:
+    """1 s crops of the dataset's background-noise recordings, for noise augmentation."""
+    from edgeast.audio.io import load_audio
+
+    folder = root / "_background_noise_"
+    crops = []
+    for path in sorted(folder.glob("*.wav")) if folder.is_dir() else []:
+        wave = load_audio(path, sample_rate)
+        crops.extend(wave[i:i + sample_rate] for i in range(0, wave.numel() - sample_rate + 1, sample_rate))
+    return torch.stack(crops) if crops else None
+
+
+def summarize(name: str, model, val_set, test_set, seconds: float, out: Path) -> StageSummary:
+    val = evaluate_model(model, val_set)
+    test = evaluate_model(model, test_set)
+    test.plot_confusion(out / "confusion_test.png")
+    (out / "eval.json").write_text(json.dumps({"val": val.to_dict(), "test": test.to_dict()}, indent=2))
+    params = sum(p.numel() for p in model.classifier.parameters())
+    size = (out / "model" / "model.safetensors").stat().st_size
+    return StageSummary(name, params, count_macs(model.classifier.cfg), size, val.accuracy, test.accuracy, seconds)
+
+
+def run_pipeline(recipe: Recipe, stages: list[str] | None = None, resume: bool = False) -> PipelineResult:
+    stages = list(stages or recipe.stages)
+    check_recipe(recipe, stages)
+    out = recipe.out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.json").write_text(json.dumps(recipe.__dict__, default=lambda o: o.__dict__, indent=2))
+    torch.manual_seed(recipe.seed)
+
+    root = ensure_data(recipe.data, recipe.seed)
+    train_set = labelled_split(recipe.data, "train")
+    val_set = labelled_split(recipe.data, "val")
+    test_set = labelled_split(recipe.data, "test")
+    labels = list(train_set.labels)
+    frontend = fit_frontend(recipe, train_set)
+    noise = noise_bank(root, frontend.sample_rate)
+    console.print(f"[bold]data[/] {root}: {len(train_set)} train / {len(val_set)} val / {len(test_set)} test clips, "
+                  f"{len(labels)} classes; normalization mean {frontend.mean:.3f} std {frontend.std:.3f}")
+    result = PipelineResult(out)
+
+    def evaluator(model_of):
+        def evaluate(trainee) -> dict[str, float]:
+            return {"val_acc": evaluate_model(model_of(trainee), val_set).accuracy}
+        return evaluate
+
+    pretrain_dir = out / "pretrain" / "model"
+    if "pretrain" in stages and recipe.pretrain.enabled and not pretrain_dir.is_dir():
+        from edgeast.stages.pretrain import run_pretrain
+
+        console.rule(f"pretrain ({recipe.pretrain.objective})")
+        run_pretrain(recipe.pretrain, recipe.teacher, frontend, unlabeled_set(recipe.data), out / "pretrain",
+                     resume=resume)
+
+    teacher_dir = out / "teacher"
+    if "finetune" in stages and recipe.finetune.enabled:
+        from edgeast.stages.finetune import init_teacher, run_finetune
+
+        start = time.time()
+        if not (teacher_dir / "model").is_dir():
+            console.rule(f"teacher (init: {recipe.finetune.init})")
+            teacher = init_teacher(recipe.finetune, recipe.teacher, frontend, labels,
+                                   pretrain_dir if pretrain_dir.is_dir() else None)
+            teacher, _ = run_finetune(recipe.finetune, teacher, train_set, teacher_dir, noise_bank=noise,
+                                      evaluate=evaluator(lambda t: t.model), resume=resume)
+        teacher = load_model(teacher_dir / "model")
+        result.stages["teacher"] = summarize("teacher", teacher, val_set, test_set, time.time() - start, teacher_dir)
+
+    if "distill" in stages and recipe.distill.enabled:
+        from edgeast.stages.distill import run_distill
+
+        teacher = load_model(teacher_dir / "model")
+        runs = [("student", True)] + ([("student_baseline", False)] if recipe.distill.baseline else [])
+        for name, with_teacher in runs:
+            start = time.time()
+            stage_dir = out / name
+            if not (stage_dir / "model").is_dir():
+                console.rule(f"{name} ({recipe.distill.student.size}{', distilled' if with_teacher else ', no teacher'})")
+                run_distill(recipe.distill, teacher, train_set, stage_dir, noise_bank=noise, resume=resume,
+                            evaluate=evaluator(lambda t: t.model), with_teacher=with_teacher)
+            student = load_model(stage_dir / "model")
+            result.stages[name] = summarize(name, student, val_set, test_set, time.time() - start, stage_dir)
+
+    print_summary(result)
+    write_report(recipe, result)
+    return result
+
+
+HEADER = ["model", "params", "MACs / 1 s", "size", "val acc %", "test acc %", "time s"]
+
+
+def print_summary(result: PipelineResult) -> None:
+    table = Table(title=f"edgeast train: {result.run_dir}")
+    for h in HEADER:
+        table.add_column(h, justify="right" if h != "model" else "left")
+    for s in result.stages.values():
+        table.add_row(*s.row())
+    console.print(table)
+
+
+def write_report(recipe: Recipe, result: PipelineResult) -> Path:
+    out = result.run_dir
+    lines = [f"# edgeast run `{recipe.name}`", "", f"Data: `{recipe.data.root}`.", "",
+             "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(s.row()) + " |" for s in result.stages.values()]
+    st = result.stages
+    if "teacher" in st and "student" in st:
+        t, s = st["teacher"], st["student"]
+        lines += ["", f"Student/teacher parameters: {s.params / t.params:.3f}; "
+                      f"test accuracy gap: {100 * (t.test_acc - s.test_acc):+.2f} points."]
+    if "student" in st and "student_baseline" in st:
+        d, b = st["student"], st["student_baseline"]
+        lines += [f"Distillation gain over the same student without the teacher: "
+                  f"{100 * (d.test_acc - b.test_acc):+.2f} points (test)."]
+    lines += ["", "## Plots", ""]
+    for name in ["pretrain", *st]:
+        for png in ("curves.png", "confusion_test.png"):
+            if (out / name / png).is_file():
+                lines.append(f"![{name} {png}]({name}/{png})")
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

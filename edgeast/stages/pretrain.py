@@ -1,0 +1,54 @@
+"""Self-supervised pretraining stage: front end + one of the SSAST / MAE-AST / ASiT objectives.
+
+The result is an encoder-only checkpoint (`<out>/model`) that fine-tuning
+starts from; the objective's heads stay in the engine's training state so an
+interrupted run resumes exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from torch import Tensor, nn
+
+from edgeast.audio.frontend import FrontendConfig, LogMelFrontend
+from edgeast.engine.trainer import Trainer
+from edgeast.models.ast import ASTClassifier
+from edgeast.models.checkpoint import save_model
+from edgeast.models.keyword import KeywordModel
+from edgeast.models.objectives import build_objective
+from edgeast.stages.finetune import build_classifier
+from edgeast.stages.recipe import ModelConfig, PretrainConfig
+
+
+class PretrainTrainee(nn.Module):
+    """Waves -> log-mel -> masked-prediction loss."""
+
+    def __init__(self, frontend: LogMelFrontend, objective: nn.Module):
+        super().__init__()
+        self.frontend = frontend
+        self.objective = objective
+
+    def forward(self, wave: Tensor):
+        return self.objective(self.frontend(wave))
+
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        hook = getattr(self.objective, "after_optimizer_step", None)
+        if hook is not None:
+            hook(step, total_steps)
+
+
+def run_pretrain(cfg: PretrainConfig, model_cfg: ModelConfig, frontend_cfg: FrontendConfig, train_set,
+                 out: Path, *, resume: bool = False) -> tuple[KeywordModel, object]:
+    """Pretrain an encoder; writes <out>/model as an encoder-only checkpoint."""
+    encoder_cfg = build_classifier(model_cfg, frontend_cfg, num_classes=0).cfg
+    objective = build_objective(cfg.objective, encoder_cfg, cfg.objective_cfg)
+    trainee = PretrainTrainee(LogMelFrontend(frontend_cfg), objective)
+    trainer = Trainer(cfg.engine, trainee, train_set, out, name=f"pretrain-{cfg.objective}")
+    result = trainer.fit(resume=resume)
+    classifier = ASTClassifier(replace(encoder_cfg, num_classes=0))
+    classifier.encoder.load_state_dict(trainer.module.objective.encoder_state_dict())
+    model = KeywordModel(LogMelFrontend(frontend_cfg), classifier, labels=[])
+    save_model(model, out / "model", labels=[],
+               provenance={"stage": "pretrain", "objective": cfg.objective, "recipe": asdict(cfg)})
+    return model, result

@@ -1,0 +1,93 @@
+"""The pipeline recipe: one YAML file describes pretrain -> teacher -> student.
+
+Each section is a plain dataclass; `edgeast.config.load_config(Recipe, path,
+overrides)` validates the whole file before any work starts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeast.audio.augment import AugmentConfig
+from edgeast.audio.frontend import FrontendConfig
+from edgeast.config import ConfigError
+from edgeast.engine.config import EngineConfig
+
+STAGES = ("pretrain", "finetune", "distill")
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/synth"            # Speech Commands layout (or folder-per-class with kind=folders)
+    kind: str = "speech_commands"       # "speech_commands" | "folders"
+    task: str = "auto"                  # speech_commands: "auto" | "ks1" | "35"
+    unlabeled: str = ""                 # pretraining audio; default: <root>/unlabeled, else the labelled clips
+    synthesize: bool = False            # create `root` with `edgeast data synth` if it does not exist
+    synth: dict[str, Any] = field(default_factory=dict)  # SynthConfig fields for synthesize
+    in_memory: bool = True              # decode every clip once and keep it in RAM (small sets)
+
+
+@dataclass
+class ModelConfig:
+    size: str = "tiny"                  # a name from `edgeast models`
+    overrides: dict[str, Any] = field(default_factory=dict)  # ASTConfig fields, e.g. {depth: 4, stride_t: 10}
+
+
+@dataclass
+class PretrainConfig:
+    enabled: bool = True
+    objective: str = "maeast"           # "ssast" | "maeast" | "asit"
+    objective_cfg: dict[str, Any] = field(default_factory=dict)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+
+@dataclass
+class FinetuneConfig:
+    enabled: bool = True
+    init: str = "pretrain"              # "pretrain" | "scratch" | path to a checkpoint (own or imported)
+    loss: str = "ce"                    # "ce" | "bce" (SSAST on Speech Commands)
+    label_smoothing: float = 0.0
+    layer_decay: float = 1.0            # layer-wise LR decay (1.0 = off)
+    linear_probe: bool = False          # freeze the encoder, train the head only
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+
+@dataclass
+class DistillConfig:
+    enabled: bool = True
+    student: ModelConfig = field(default_factory=lambda: ModelConfig(size="student-64x4"))
+    init: str = "scratch"               # "scratch" | "teacher_layers" (copy every k-th teacher block; same dims)
+    label_weight: float = 0.1           # hard-label CE weight
+    kd_weight: float = 0.9              # KL to the teacher's softened logits
+    temperature: float = 2.0
+    hidden_weight: float = 0.0          # MSE between projected student and teacher hidden states
+    cache_teacher: bool = False         # compute teacher logits once on clean clips instead of on the fly
+    baseline: bool = True               # also train the same student without the teacher, for comparison
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+
+@dataclass
+class Recipe:
+    name: str = "run"
+    run_dir: str = ""                   # default runs/<name>
+    seed: int = 0
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    data: DataConfig = field(default_factory=DataConfig)
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    fit_normalization: bool = True      # compute mean/std on the training clips instead of the paper's numbers
+    teacher: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.stages if s not in STAGES]
+        if bad:
+            raise ConfigError(f"stages: unknown stage {bad[0]!r}; use some of {', '.join(STAGES)}")
+
+    @property
+    def out(self) -> Path:
+        return Path(self.run_dir or f"runs/{self.name}")

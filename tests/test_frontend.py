@@ -1,0 +1,192 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torchaudio.functional as AF
+from torchaudio.compliance import kaldi
+
+from edgeast.audio.frontend import FrontendConfig, LogMelFrontend, compute_stats
+
+SR = 16000
+
+
+def speech_like(samples: int, peak: float = 0.9, seed: int = 0) -> torch.Tensor:
+    """Vowel-like glottal pulse train (gliding pitch) through three formant resonators,
+    with fricative noise bursts and a low noise floor, scaled to ``peak``."""
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.arange(samples, dtype=torch.float64) / SR
+    f0 = 110 + 60 * torch.sin(2 * math.pi * 1.3 * t + seed)
+    cycles = torch.floor(torch.cumsum(2 * math.pi * f0 / SR, 0) / (2 * math.pi))
+    voice = (torch.diff(cycles, prepend=cycles[:1]) > 0).double()
+    for freq, bandwidth in [(700, 110), (1220, 120), (2600, 160)]:
+        r, theta = math.exp(-math.pi * bandwidth / SR), 2 * math.pi * freq / SR
+        a = torch.tensor([1.0, -2 * r * math.cos(theta), r * r], dtype=torch.float64)
+        voice = AF.lfilter(voice, a, torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64), clamp=False)
+    noise = torch.randn(samples, generator=gen, dtype=torch.float64)
+    bursts = ((t * 4 + 0.1 * seed) % 1 > 0.7).double()
+    wave = voice / voice.abs().max() + 0.3 * noise * bursts + 0.003 * noise
+    return (wave / wave.abs().max() * peak).float()
+
+
+def kaldi_reference(wave: torch.Tensor, bins: int, window: str = "hanning") -> torch.Tensor:
+    """SSAST's features: waveform mean removed, then kaldi.fbank with the AST settings."""
+    return kaldi.fbank(
+        (wave - wave.mean())[None], htk_compat=True, use_energy=False, window_type=window,
+        num_mel_bins=bins, dither=0.0, frame_shift=10,
+    )
+
+
+@pytest.mark.parametrize("bins", [40, 64, 128])
+def test_matches_kaldi_fbank_loud_and_quiet_any_length(bins):
+    frontend = LogMelFrontend(FrontendConfig(num_mel_bins=bins, num_frames=None))
+    worst = 0.0
+    for samples in (16000, 12345, 561, 400):
+        for peak in (0.99, 1e-3, 3e-5):
+            wave = speech_like(samples, peak=peak, seed=samples)
+            ours = frontend.fbank(wave[None])[0]
+            reference = kaldi_reference(wave, bins)
+            assert ours.shape == reference.shape == (1 + (samples - 400) // 160, bins)
+            worst = max(worst, (ours - reference).abs().max().item())
+    assert worst <= 1e-3
+
+
+def test_dc_offset_and_loud_clipped_input_match_kaldi():
+    frontend = LogMelFrontend(FrontendConfig(num_frames=None))
+    clipped = (speech_like(8000, peak=4.0, seed=3)).clamp(-1, 1)
+    offset = speech_like(8000, peak=0.5, seed=4) + 0.3
+    for wave in (clipped, offset):
+        assert (frontend.fbank(wave[None])[0] - kaldi_reference(wave, 128)).abs().max() <= 1e-3
+
+
+@pytest.mark.parametrize("window", ["povey", "hamming"])
+def test_other_windows_match_kaldi(window):
+    frontend = LogMelFrontend(FrontendConfig(num_mel_bins=64, window=window, num_frames=None))
+    wave = speech_like(4000, seed=7)
+    assert (frontend.fbank(wave[None])[0] - kaldi_reference(wave, 64, window)).abs().max() <= 1e-3
+
+
+def test_forward_pads_raw_fbank_with_zeros_then_normalizes():
+    cfg = FrontendConfig()  # num_frames=100, Speech Commands statistics
+    frontend = LogMelFrontend(cfg)
+    wave = torch.stack([speech_like(SR, seed=1), speech_like(SR, seed=2)])
+    raw = frontend.fbank(wave)
+    out = frontend(wave)
+    assert raw.shape == (2, 98, 128) and out.shape == (2, 100, 128)
+    torch.testing.assert_close(out[:, :98], (raw - cfg.mean) / (2 * cfg.std))
+    padded_value = (0.0 - cfg.mean) / (2 * cfg.std)
+    torch.testing.assert_close(out[:, 98:], torch.full((2, 2, 128), padded_value))
+
+
+def test_forward_crops_or_keeps_natural_length():
+    wave = speech_like(SR, seed=5)[None]
+    natural = LogMelFrontend(FrontendConfig(num_frames=None))(wave)
+    cropped = LogMelFrontend(FrontendConfig(num_frames=50))(wave)
+    assert natural.shape == (1, 98, 128) and cropped.shape == (1, 50, 128)
+    torch.testing.assert_close(cropped, natural[:, :50])
+
+
+def test_num_frames_for():
+    assert LogMelFrontend().num_frames_for(16000) == 100
+    natural = LogMelFrontend(FrontendConfig(num_frames=None))
+    assert [natural.num_frames_for(n) for n in (16000, 400, 559, 560, 32000)] == [98, 1, 1, 2, 198]
+    with pytest.raises(ValueError, match="399 samples"):
+        natural.num_frames_for(399)
+
+
+def test_batch_rows_equal_single_clips():
+    frontend = LogMelFrontend()
+    batch = torch.stack([speech_like(12000, peak=p, seed=i) for i, p in enumerate((0.9, 0.05, 1e-3))])
+    together = frontend(batch)
+    for i in range(3):
+        torch.testing.assert_close(together[i], frontend(batch[i : i + 1])[0], atol=1e-5, rtol=0)
+
+
+def test_bad_input_and_config_are_rejected():
+    frontend = LogMelFrontend()
+    with pytest.raises(ValueError, match=r"\[batch, samples\]"):
+        frontend(torch.zeros(16000))
+    with pytest.raises(ValueError, match="shorter than one 400-sample frame"):
+        frontend(torch.zeros(1, 300))
+    with pytest.raises(ValueError, match="window='blackman'"):
+        FrontendConfig(window="blackman")
+    with pytest.raises(ValueError, match="std"):
+        FrontendConfig(std=0.0)
+    with pytest.raises(ValueError, match="high_freq"):
+        FrontendConfig(low_freq=9000)
+
+
+def test_constant_buffers_stay_out_of_the_state_dict():
+    # They are rebuilt from the config, so a checkpoint only needs FrontendConfig.
+    assert LogMelFrontend().state_dict() == {}
+
+
+def test_autocast_does_not_lower_precision():
+    frontend = LogMelFrontend()
+    wave = speech_like(SR, seed=9)[None]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = frontend(wave)
+    assert under_autocast.dtype == torch.float32
+    torch.testing.assert_close(under_autocast, frontend(wave), atol=1e-6, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_kaldi_even_with_tf32_allowed():
+    previous = torch.backends.cudnn.conv.fp32_precision
+    torch.backends.cudnn.conv.fp32_precision = "tf32"
+    try:
+        frontend = LogMelFrontend(FrontendConfig(num_frames=None)).cuda()
+        wave = speech_like(SR, seed=11)
+        ours = frontend.fbank(wave[None].cuda())[0].cpu()
+    finally:
+        torch.backends.cudnn.conv.fp32_precision = previous
+    assert (ours - kaldi_reference(wave, 128)).abs().max() <= 1e-3
+
+
+def test_compute_stats_streams_to_the_pooled_mean_and_std():
+    cfg = FrontendConfig(num_mel_bins=64)
+    waves = [speech_like(n, peak=p, seed=n) for n, p in ((16000, 0.9), (5000, 0.01), (999, 0.3))]
+    batch = torch.stack([speech_like(3000, seed=21), speech_like(3000, seed=22)])
+    mean, std = compute_stats(iter([*waves, batch]), cfg)
+
+    frontend = LogMelFrontend(cfg)
+    values = torch.cat([frontend.fbank(w[None]).flatten() for w in waves] + [frontend.fbank(batch).flatten()])
+    assert mean == pytest.approx(values.double().mean().item(), abs=1e-6)
+    assert std == pytest.approx(values.double().std(unbiased=False).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="no audio"):
+        compute_stats([], cfg)
+
+
+def _export_inputs() -> tuple[LogMelFrontend, torch.Tensor]:
+    frontend = LogMelFrontend(FrontendConfig(num_mel_bins=128, num_frames=100)).eval()
+    wave = torch.stack([speech_like(SR, peak=0.99, seed=31), speech_like(SR, peak=1e-3, seed=32)])
+    return frontend, wave
+
+
+def test_executorch_xnnpack_export_matches_eager():
+    pytest.importorskip("executorch")
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    from executorch.runtime import Runtime
+
+    frontend, wave = _export_inputs()
+    exported = torch.export.export(frontend, (wave,))
+    program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
+    graph = str(program.exported_program().graph_module.code)
+    assert "executorch_call_delegate" in graph and "aten" not in graph  # every op runs in XNNPACK
+    method = Runtime.get().load_program(program.buffer).load_method("forward")
+    out = method.execute([wave])[0]
+    assert out.shape == (2, 100, 128)
+    assert (out - frontend(wave)).abs().max() <= 1e-4
+
+
+def test_onnx_export_runs_in_onnxruntime_and_matches_eager(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    frontend, wave = _export_inputs()
+    path = tmp_path / "frontend.onnx"
+    torch.onnx.export(frontend, (wave,), str(path), dynamo=True, verbose=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = session.run(None, {session.get_inputs()[0].name: wave.numpy()})[0]
+    assert out.shape == (2, 100, 128)
+    assert np.abs(out - frontend(wave).numpy()).max() <= 1e-4
