@@ -46,6 +46,12 @@ if ! pactl info >/dev/null 2>&1; then
     pactl info >/dev/null 2>&1 || { echo "setup-audio: pulseaudio did not start; run 'pulseaudio -vvv' to see why" >&2; exit 1; }
 fi
 
+# A suspended source takes seconds to wake and then delivers audio late for the
+# whole stream; a test microphone must always be on.
+if pactl list short modules | grep -q module-suspend-on-idle; then
+    pactl unload-module module-suspend-on-idle
+fi
+
 if ! pactl list short sinks | grep -q "\b$SINK\b"; then
     pactl load-module module-null-sink sink_name=$SINK rate=16000 channels=1 \
         sink_properties=device.description=edgeast-null >/dev/null

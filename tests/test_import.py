@@ -145,7 +145,8 @@ def test_ssast_at_1024_frames_fine_tunes_at_100(tmp_path):
 # ---------------------------------------------------------------- MAE-AST
 
 
-def maeast_checkpoint(dim=32, depth=2, ffn=64, heads=2, max_len=400):
+def maeast_checkpoint(dim=32, depth=2, ffn=64, heads=2, max_len=400, kernel=(16, 16)):
+    """A fairseq MAE-AST checkpoint; ``kernel`` is (time, freq): (16, 16) patches or (2, 128) frames."""
     model = {
         "post_extract_proj.weight": rand(dim, 256, scale=0.05),
         "post_extract_proj.bias": rand(dim),
@@ -186,19 +187,19 @@ def maeast_checkpoint(dim=32, depth=2, ffn=64, heads=2, max_len=400):
     cfg = {
         "model": {"_name": "mae_ast", "encoder_layers": depth, "encoder_embed_dim": dim, "encoder_ffn_embed_dim": ffn,
                   "encoder_attention_heads": heads, "layer_norm_first": False, "enc_sine_pos": True,
-                  "enc_conv_pos": False, "ast_kernel_size_chan": 16, "ast_kernel_size_time": 16,
-                  "ast_kernel_stride_chan": 16, "ast_kernel_stride_time": 16},
+                  "enc_conv_pos": False, "ast_kernel_size_time": kernel[0], "ast_kernel_size_chan": kernel[1],
+                  "ast_kernel_stride_time": kernel[0], "ast_kernel_stride_chan": kernel[1]},
         "task": {"feature_dim": 128, "sample_rate": 16000},
     }
     return {"model": model, "cfg": cfg}
 
 
-def maeast_reference(sd, source, heads, depth):
+def maeast_reference(sd, source, heads, depth, kernel):
     """MAE-AST's encoder (mask=False): tokens [B, L, D] in its time-major order."""
     dim = sd["post_extract_proj.weight"].shape[0]
     x = source.unsqueeze(1)  # [B, 1, T, F]
     x = (x - sd["batch_norm.running_mean"]) / torch.sqrt(sd["batch_norm.running_var"] + 1e-5) * 0.5
-    x = F.unfold(x, kernel_size=(16, 16), stride=(16, 16)).transpose(-1, -2)
+    x = F.unfold(x, kernel_size=kernel, stride=kernel).transpose(-1, -2)
     x = F.linear(x, sd["post_extract_proj.weight"], sd["post_extract_proj.bias"])
     x = x + sd["enc_sine_pos_embed.pe"][:, : x.shape[1]]
     x = F.layer_norm(x, (dim,), sd["encoder.layer_norm.weight"], sd["encoder.layer_norm.bias"], 1e-5)
@@ -213,8 +214,9 @@ def maeast_reference(sd, source, heads, depth):
     return x
 
 
-def test_maeast_matches_reference(tmp_path):
-    ckpt = maeast_checkpoint()
+@pytest.mark.parametrize("kernel", [(16, 16), (2, 128)], ids=["patch", "frame"])
+def test_maeast_matches_reference(tmp_path, kernel):
+    ckpt = maeast_checkpoint(kernel=kernel)
     torch.save(ckpt, tmp_path / "mae_ast.pt")
     out = import_checkpoint("maeast", tmp_path / "mae_ast.pt", tmp_path / "ckpt", num_frames=96)
     model = load_model(out)
@@ -225,10 +227,11 @@ def test_maeast_matches_reference(tmp_path):
     assert (model.frontend.cfg.window, model.frontend.cfg.subtract_wave_mean) == ("povey", False)
 
     source = torch.randn(2, 96, 128) * 3 - 3  # fbank-like values
-    expected = maeast_reference(ckpt["model"], source, heads=2, depth=2)  # time-major tokens
+    expected = maeast_reference(ckpt["model"], source, heads=2, depth=2, kernel=kernel)  # time-major tokens
     with torch.no_grad():
         got = model.classifier.encoder(source)  # frequency-major tokens
-    n_f, n_t = 8, 6
+    n_f, n_t = 128 // kernel[1], 96 // kernel[0]
+    assert model.classifier.encoder.grid == (n_f, n_t)
     ours_of_time_major = torch.arange(n_f * n_t).reshape(n_f, n_t).T.reshape(-1)
     assert (got[:, ours_of_time_major] - expected).abs().max() <= 1e-4
     extra = load_extra(out)

@@ -80,7 +80,8 @@ class MetricsLog:
         if resume_step is not None and self.path.is_file():
             with open(self.path, newline="") as f:
                 for row in csv.DictReader(f):
-                    values = {k: float(v) for k, v in row.items() if k and v not in ("", None)}
+                    values = {k: int(v) if k == "step" else float(v)
+                              for k, v in row.items() if k and v not in ("", None)}
                     if values.get("step", math.inf) <= resume_step:
                         self._remember(values)
         self._rewrite()
@@ -105,7 +106,7 @@ class MetricsLog:
     def add(self, row: dict[str, float]) -> None:
         if not self.enabled:
             return
-        row = {k: float(v) for k, v in row.items()}
+        row = {k: int(v) if k == "step" else float(v) for k, v in row.items()}
         if self._remember(row):
             self._rewrite()
         else:

@@ -40,8 +40,8 @@ from edgeast.engine.distributed import (all_gather_objects, all_ranks_agree, all
 from edgeast.engine.logging import CURVES_FILE, EVAL_PREFIX, METRICS_FILE, MetricsLog, ProgressDisplay, plot_curves
 from edgeast.engine.sampler import ResumableSampler, class_balanced_weights, seed_from
 from edgeast.engine.schedule import lr_factor
-from edgeast.engine.state import (CheckpointError, capture_rng, find_checkpoint, load_train_state, load_weights,
-                                  read_done, restore_rng, save_checkpoint, seed_everything, write_done)
+from edgeast.engine.state import (DONE_FILE, CheckpointError, capture_rng, find_checkpoint, load_train_state,
+                                  load_weights, read_done, restore_rng, save_checkpoint, seed_everything, write_done)
 
 STATE_VERSION = 1
 
@@ -177,7 +177,8 @@ class Trainer:
         cfg = self.cfg
         hook = getattr(self.module, "param_groups", None)
         groups = hook(cfg.weight_decay) if hook is not None else default_param_groups(self.module, cfg.weight_decay)
-        groups = [g for g in groups if len(list(g["params"])) > 0]
+        groups = [{**g, "params": list(g["params"])} for g in groups]
+        groups = [g for g in groups if g["params"]]
         for g in groups:
             g.setdefault("lr_scale", 1.0)
             g["lr"] = cfg.lr * g["lr_scale"]
@@ -226,7 +227,7 @@ class Trainer:
         """A fresh run: remove what an earlier run left, so nothing resumes from or reports it."""
         for name in ("checkpoint", "checkpoint.old", ".checkpoint.tmp", "tensorboard"):
             shutil.rmtree(self.run_dir / name, ignore_errors=True)
-        for name in ("done.json", METRICS_FILE, CURVES_FILE):
+        for name in (DONE_FILE, METRICS_FILE, CURVES_FILE):
             (self.run_dir / name).unlink(missing_ok=True)
 
     def _wall_time(self) -> float:
@@ -243,13 +244,14 @@ class Trainer:
         self.saved_step = -1
         checkpoint = find_checkpoint(self.run_dir) if resume else None
         done = read_done(self.run_dir) if checkpoint is not None else None
-        if done is not None:
+        if done is not None and done["steps"] == self.total_steps:  # finished: nothing to train
             load_weights(self.module, checkpoint, ema=True)
             return FitResult(**{**done, "history": Path(done["history"])})
         if self.ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if checkpoint is None:
                 self._clear_run_dir()
+            (self.run_dir / DONE_FILE).unlink(missing_ok=True)  # a finished run given more steps goes on
         barrier(self.ctx)
         if checkpoint is not None:
             self._restore(checkpoint)
@@ -329,8 +331,8 @@ class Trainer:
             if self.window.steps:
                 self._log_window(log)
             self._evaluate(log)
-            shown = " ".join(f"{k} {v:.4g}" for k, v in self.last_eval.items())
-            self.progress.line(f"epoch {self.epoch} done at step {self.step}: loss {self.train_loss:.4f} {shown}")
+            shown = "".join(f" {k} {v:.4g}" for k, v in self.last_eval.items())
+            self.progress.line(f"epoch {self.epoch} done at step {self.step}: loss {self.train_loss:.4f}{shown}")
             self._save()
 
     def _forward_backward(self, batch: object, group: dict, group_size: int, sync: bool) -> None:
@@ -404,14 +406,15 @@ class Trainer:
             values = torch.stack([window.metrics[k] / window.metric_count for k in keys])
             metrics = dict(zip(keys, (all_reduce_sum(values, self.ctx) / self.ctx.world_size).tolist()))
         lr = self.cfg.lr * lr_factor(self.cfg, self.step - 1, self.total_steps, self.steps_per_epoch)
-        loss = window.loss_sum / window.steps if window.steps else math.nan
         rate = window.clips / max(1e-9, time.perf_counter() - window.start)
-        if window.steps:
-            self.train_loss = loss
-        row = {"step": self.step, "epoch": self.step / self.steps_per_epoch, **metrics, "lr": lr, "loss": loss,
-               "grad_norm": window.grad_norm, "clips_per_s": rate}
+        row = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "lr": lr, "clips_per_s": rate,
+               "skipped_nonfinite": self.skipped_nonfinite}
+        if window.steps:  # else every step of the window was skipped: no loss to show
+            self.train_loss = window.loss_sum / window.steps
+            row.update({"loss": self.train_loss, "grad_norm": window.grad_norm})
+            row.update({k: v for k, v in metrics.items() if k not in row})
         log.add(row)
-        self.progress_info = f"loss {loss:.4f} lr {lr:.2e} {rate:.0f} clips/s"
+        self.progress_info = f"loss {self.train_loss:.4f} lr {lr:.2e} {rate:.0f} clips/s"
         self.window = _Window()
 
     def _evaluate(self, log: MetricsLog) -> None:

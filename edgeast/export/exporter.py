@@ -137,15 +137,15 @@ def export_model(
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
     try:
         staged = {fmt: staging / MODEL_FILES[fmt] for fmt in formats}
-        if "pte" in staged:
-            export_pte(
-                model, staged["pte"], window_samples=window_samples, sample_rate=meta.sample_rate,
-                num_classes=len(meta.labels), format_version=FORMAT_VERSION, int8=int8, calib_waves=calib_waves,
-            )
-        if "onnx" in staged:
-            embedded = replace(meta, format="onnx").to_json()
-            export_onnx(model, staged["onnx"], window_samples=window_samples, meta_json=embedded,
-                        int8=int8, calib_waves=calib_waves)
+        for fmt, path in staged.items():
+            if fmt == "pte":
+                export_pte(
+                    model, path, window_samples=window_samples, sample_rate=meta.sample_rate,
+                    num_classes=len(meta.labels), format_version=FORMAT_VERSION, int8=int8, calib_waves=calib_waves,
+                )
+            else:
+                export_onnx(model, path, window_samples=window_samples, meta_json=replace(meta, format=fmt).to_json(),
+                            int8=int8, calib_waves=calib_waves)
         report = _parity(model, staged, meta, out_dir, calib_waves, heldout, min_agreement, window_samples)
         report.forced = force and not report.passed
         if not report.passed and not force:

@@ -138,8 +138,9 @@ class ASiTObjective(nn.Module):
             teacher_probs = F.softmax((teacher_local.float() - self.center_local) / cfg.teacher_temp, dim=-1)
             usage = teacher_probs.flatten(0, 1).mean(0)
             teacher_entropy = -(usage * usage.clamp_min(1e-12).log()).sum()
-            self._update_center(self.center_global, teacher_global)
-            self._update_center(self.center_local, teacher_local)
+            if self.training:
+                self._update_center(self.center_global, teacher_global)
+                self._update_center(self.center_local, teacher_local)
         metrics = {
             "loss_global": loss_global.detach(),
             "loss_local": loss_local.detach(),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
+import uuid
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
@@ -86,13 +86,14 @@ def save_model(
     if path.exists() and not (path / CONFIG).is_file():
         raise CheckpointError(f"{path} exists and is not an edgeast checkpoint; choose another output path")
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    staging = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"  # mkdir, unlike mkdtemp, honours umask
+    staging.mkdir()
     try:
         save_file(tensors, str(staging / WEIGHTS), metadata={"format": FORMAT})
         (staging / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         if path.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            path.rename(retired / path.name)
+            retired = staging.with_suffix(".old")
+            path.rename(retired)
             staging.rename(path)
             shutil.rmtree(retired)
         else:

@@ -67,6 +67,7 @@ class ForeignWeights:
     """A foreign state dict under conversion: hands out tensors, checks shapes, tracks use."""
 
     def __init__(self, state: dict, source: str | Path, kind: str):
+        self.keys = sorted(map(str, state))
         self.state = {k: v for k, v in state.items() if isinstance(v, Tensor)}
         self.source, self.kind = source, kind
         self.used: set[str] = set()
@@ -93,7 +94,7 @@ class ForeignWeights:
         return n
 
     def unknown_layout(self, expected: str) -> CheckpointError:
-        first = sorted(self.state)[:6]
+        first = self.keys[:6]
         return CheckpointError(
             f"{self.source}: not a {self.kind} checkpoint (expected {expected}; found keys {first}); "
             f"known formats: {KNOWN_FORMATS}"

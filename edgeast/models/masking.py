@@ -1,8 +1,9 @@
 """Which patch tokens a pretraining objective hides: random, clustered (SSAST) or block (ASiT) masks.
 
-Every function returns index tensors ``(ids_masked [B, M], ids_keep [B, N - M])``,
-each row sorted, with the same ``M`` for every clip so that the masked tokens of
-a batch stack into one tensor. Tokens are numbered frequency-major on the
+Every mask function returns index tensors ``(ids_masked [B, M], ids_keep [B, N - M])``
+(``block_mask`` adds which masked tokens get another clip's content), each row
+sorted, with the same ``M`` for every clip so that the masked tokens of a batch
+stack into one tensor. Tokens are numbered frequency-major on the
 encoder's ``(n_f, n_t)`` grid (``index = f * n_t + t``); frame tokens have
 ``n_f = 1``, so a cluster or block there is a contiguous run in time.
 

@@ -79,7 +79,7 @@ class ExecuTorchBackend(Backend):
             if len(self._live):
                 raise BackendError(
                     f"{path}: cannot run ExecuTorch with {num_threads} threads while another .pte backend uses its "
-                    f"process-wide pool of {current}; close that one first or use a separate process"
+                    f"process-wide pool of {current}; drop that backend first or use a separate process"
                 )
             portable_lib._unsafe_reset_threadpool(num_threads)
         self.num_threads = portable_lib._threadpool_get_thread_count()

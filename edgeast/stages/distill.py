@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from edgeast.audio.frontend import LogMelFrontend
+from edgeast.engine.distributed import barrier
 from edgeast.engine.trainer import Trainer
 from edgeast.models.checkpoint import save_model
 from edgeast.models.keyword import KeywordModel
@@ -150,6 +151,8 @@ def run_distill(cfg: DistillConfig, teacher: KeywordModel, train_set, out: Path,
     trainer = Trainer(cfg.engine, trainee, data, out, evaluate=evaluate, name="distill" if with_teacher else "student")
     result = trainer.fit(resume=resume)
     student = trainer.module.model
-    save_model(student, out / "model", labels=student.labels,
-               provenance={"stage": "distill" if with_teacher else "student_baseline", "recipe": asdict(cfg)})
+    if trainer.ctx.is_main:
+        save_model(student, out / "model", labels=student.labels,
+                   provenance={"stage": "distill" if with_teacher else "student_baseline", "recipe": asdict(cfg)})
+    barrier(trainer.ctx)
     return student, result

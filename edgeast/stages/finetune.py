@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from edgeast.audio.augment import AugmentConfig, SpecAugment, WaveAugment, mixup
 from edgeast.audio.frontend import FrontendConfig, LogMelFrontend
+from edgeast.engine.distributed import barrier
 from edgeast.engine.trainer import Trainer
 from edgeast.models.ast import ASTClassifier, ASTConfig, ast_config
 from edgeast.models.checkpoint import from_pretrained, save_model
@@ -122,6 +123,8 @@ def run_finetune(cfg: FinetuneConfig, model: KeywordModel, train_set, out: Path,
     trainer = Trainer(cfg.engine, trainee, train_set, out, evaluate=evaluate, name="finetune")
     result = trainer.fit(resume=resume)
     model = trainer.module.model
-    save_model(model, out / "model", labels=model.labels,
-               provenance={"stage": "finetune", "recipe": asdict(cfg), **(provenance or {})})
+    if trainer.ctx.is_main:
+        save_model(model, out / "model", labels=model.labels,
+                   provenance={"stage": "finetune", "recipe": asdict(cfg), **(provenance or {})})
+    barrier(trainer.ctx)
     return model, result

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -22,6 +22,7 @@ from rich.table import Table
 
 from edgeast.audio.frontend import FrontendConfig, compute_stats
 from edgeast.config import ConfigError
+from edgeast.engine.distributed import barrier, setup_distributed
 from edgeast.models.checkpoint import load_model
 from edgeast.models.profile import count_macs
 from edgeast.stages.data import ensure_data, labelled_split, unlabeled_set
@@ -108,15 +109,22 @@ def run_pipeline(recipe: Recipe, stages: list[str] | None = None, resume: bool =
     stages = list(stages or recipe.stages)
     check_recipe(recipe, stages)
     out = recipe.out
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "recipe.json").write_text(json.dumps(recipe.__dict__, default=lambda o: o.__dict__, indent=2))
+    # Under torchrun every rank runs this function; one-off work (synthesis, reports) is rank 0's.
+    ctx = setup_distributed(recipe.finetune.engine.device)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
+        ensure_data(recipe.data, recipe.seed)
+    barrier(ctx)
     torch.manual_seed(recipe.seed)
-
-    root = ensure_data(recipe.data, recipe.seed)
+    root = Path(recipe.data.root)
     train_set = labelled_split(recipe.data, "train")
     val_set = labelled_split(recipe.data, "val")
     test_set = labelled_split(recipe.data, "test")
     labels = list(train_set.labels)
+    if ctx.is_main:
+        fit_frontend(recipe, train_set)
+    barrier(ctx)
     frontend = fit_frontend(recipe, train_set)
     noise = noise_bank(root, frontend.sample_rate)
     console.print(f"[bold]data[/] {root}: {len(train_set)} train / {len(val_set)} val / {len(test_set)} test clips, "
@@ -147,8 +155,9 @@ def run_pipeline(recipe: Recipe, stages: list[str] | None = None, resume: bool =
                                    pretrain_dir if pretrain_dir.is_dir() else None)
             teacher, _ = run_finetune(recipe.finetune, teacher, train_set, teacher_dir, noise_bank=noise,
                                       evaluate=evaluator(lambda t: t.model), resume=resume)
-        teacher = load_model(teacher_dir / "model")
-        result.stages["teacher"] = summarize("teacher", teacher, val_set, test_set, time.time() - start, teacher_dir)
+        if ctx.is_main:
+            teacher = load_model(teacher_dir / "model")
+            result.stages["teacher"] = summarize("teacher", teacher, val_set, test_set, time.time() - start, teacher_dir)
 
     if "distill" in stages and recipe.distill.enabled:
         from edgeast.stages.distill import run_distill
@@ -162,11 +171,13 @@ def run_pipeline(recipe: Recipe, stages: list[str] | None = None, resume: bool =
                 console.rule(f"{name} ({recipe.distill.student.size}{', distilled' if with_teacher else ', no teacher'})")
                 run_distill(recipe.distill, teacher, train_set, stage_dir, noise_bank=noise, resume=resume,
                             evaluate=evaluator(lambda t: t.model), with_teacher=with_teacher)
-            student = load_model(stage_dir / "model")
-            result.stages[name] = summarize(name, student, val_set, test_set, time.time() - start, stage_dir)
+            if ctx.is_main:
+                student = load_model(stage_dir / "model")
+                result.stages[name] = summarize(name, student, val_set, test_set, time.time() - start, stage_dir)
 
-    print_summary(result)
-    write_report(recipe, result)
+    if ctx.is_main:
+        print_summary(result)
+        write_report(recipe, result)
     return result
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from edgeast.audio.frontend import FrontendConfig, LogMelFrontend
+from edgeast.engine.distributed import barrier
 from edgeast.engine.trainer import Trainer
 from edgeast.models.ast import ASTClassifier
 from edgeast.models.checkpoint import save_model
@@ -49,6 +50,8 @@ def run_pretrain(cfg: PretrainConfig, model_cfg: ModelConfig, frontend_cfg: Fron
     classifier = ASTClassifier(replace(encoder_cfg, num_classes=0))
     classifier.encoder.load_state_dict(trainer.module.objective.encoder_state_dict())
     model = KeywordModel(LogMelFrontend(frontend_cfg), classifier, labels=[])
-    save_model(model, out / "model", labels=[],
-               provenance={"stage": "pretrain", "objective": cfg.objective, "recipe": asdict(cfg)})
+    if trainer.ctx.is_main:
+        save_model(model, out / "model", labels=[],
+                   provenance={"stage": "pretrain", "objective": cfg.objective, "recipe": asdict(cfg)})
+    barrier(trainer.ctx)
     return model, result

@@ -1,0 +1,170 @@
+"""fp32 vs int8 exports side by side: size, agreement, accuracy, latency per 1 s window.
+
+For each model: export fp32 and int8 to ExecuTorch (.pte, XNNPACK) and ONNX,
+then time one window at a time in each runtime with 1 and 2 threads, PyTorch
+eager for reference. Runtimes are measured in interleaved rounds and the
+median round is reported, so a busy shared machine skews them alike.
+
+    python bench/export_bench.py                                   # random-init teacher + student
+    python bench/export_bench.py --checkpoint runs/teacher --checkpoint runs/student --data data/synth
+
+Random-init models give meaningful size and latency but not agreement or
+accuracy; give trained checkpoints and their data for those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgeast.audio.frontend import FrontendConfig, LogMelFrontend
+from edgeast.export.calibration import labelled_clips, probe_clips
+from edgeast.export.exporter import MODEL_FILES, ExportReport, export_model
+from edgeast.models.ast import ASTClassifier, ast_config
+from edgeast.models.checkpoint import load_model
+from edgeast.models.keyword import KeywordModel
+from edgeast.runtime.backends import open_backend
+
+DEFAULT_SIZES = "teacher=tiny,student=student-64x4"  # name=size of edgeast.models.ast.SIZES
+
+
+def build_models(args) -> dict[str, KeywordModel]:
+    if args.checkpoint:
+        return {Path(path).name: load_model(path) for path in args.checkpoint}
+    torch.manual_seed(0)
+    labels = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go", "_unknown_", "_silence_"]
+    return {
+        f"{name} ({size}, random init)": KeywordModel(
+            LogMelFrontend(FrontendConfig()), ASTClassifier(ast_config(size, num_classes=len(labels))), labels
+        ).eval()
+        for name, size in args.sizes.items()
+    }
+
+
+def clips(args, model: KeywordModel):
+    if args.data:
+        calib, _ = labelled_clips(args.data, model.labels, "train", args.calib)
+        return calib, labelled_clips(args.data, model.labels, "test", args.heldout, seed=1)
+    return probe_clips(args.calib), (probe_clips(args.heldout, seed=1), None)
+
+
+def eager_latency(model: KeywordModel, windows: torch.Tensor, threads: int) -> float:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            for window in windows[:2]:
+                model(window[None])
+            start = time.perf_counter()
+            for window in windows:
+                model(window[None])
+            return (time.perf_counter() - start) * 1000 / len(windows)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def file_latency(path: Path, windows: np.ndarray, threads: int) -> float:
+    backend = open_backend(path, num_threads=threads)  # dropped on return: ExecuTorch's pool may be resized next
+    for window in windows[:2]:
+        backend.infer(window)
+    start = time.perf_counter()
+    for window in windows:
+        backend.infer(window)
+    return (time.perf_counter() - start) * 1000 / len(windows)
+
+
+def bench_model(name: str, model: KeywordModel, args, out: Path) -> list[dict]:
+    calib, heldout = clips(args, model)
+    reports: dict[bool, ExportReport] = {}
+    for int8 in (False, True):
+        reports[int8] = export_model(
+            model, out / name.split()[0] / ("int8" if int8 else "fp32"), formats=args.formats, int8=int8,
+            calib_waves=calib, heldout=heldout, force=True, overwrite=True, source=name,
+        )
+    windows = probe_clips(args.windows, seed=2)
+    timings: dict[tuple, list[float]] = {}
+    for _ in range(args.rounds):
+        for threads in args.threads:
+            timings.setdefault(("pytorch", False, threads), []).append(eager_latency(model, windows, threads))
+            for fmt in args.formats:
+                for int8, report in reports.items():
+                    path = Path(report.out_dir) / MODEL_FILES[fmt]
+                    timings.setdefault((fmt, int8, threads), []).append(file_latency(path, windows.numpy(), threads))
+    latency = {key: statistics.median(values) for key, values in timings.items()}
+
+    rows = [dict(model=name, runtime="pytorch", precision="fp32", size=None, size_ratio=None, agreement=None,
+                 accuracy=reports[False].reference_accuracy,
+                 **{f"ms_{t}": latency[("pytorch", False, t)] for t in args.threads}, ratio={})]
+    for fmt in args.formats:
+        fp32 = next(r for r in reports[False].results if r.format == fmt)
+        for int8 in (False, True):
+            result = next(r for r in reports[int8].results if r.format == fmt)
+            rows.append(dict(
+                model=name, runtime={"pte": "ExecuTorch/XNNPACK", "onnx": "ONNX Runtime"}[fmt],
+                precision="int8" if int8 else "fp32", size=result.size_bytes,
+                size_ratio=result.size_bytes / fp32.size_bytes if int8 else None,
+                agreement=result.agreement, accuracy=result.accuracy,
+                **{f"ms_{t}": latency[(fmt, int8, t)] for t in args.threads},
+                ratio={t: latency[(fmt, True, t)] / latency[(fmt, False, t)] for t in args.threads} if int8 else {},
+            ))
+    return rows
+
+
+def markdown(rows: list[dict], threads: list[int]) -> str:
+    def pct(value):
+        return "" if value is None else f"{value:.1%}"
+
+    head = ["model", "runtime", "precision", "size", "int8/fp32 size", "agreement", "accuracy"]
+    head += [f"ms/window, {t} thread{'s' if t > 1 else ''}" for t in threads]
+    head += [f"int8/fp32 time, {t}T" for t in threads]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for row in rows:
+        cells = [row["model"], row["runtime"], row["precision"],
+                 "" if row["size"] is None else f"{row['size'] / 1e6:.2f} MB",
+                 "" if row["size_ratio"] is None else f"{row['size_ratio']:.0%}",
+                 pct(row["agreement"]), pct(row["accuracy"])]
+        cells += [f"{row[f'ms_{t}']:.2f}" for t in threads]
+        cells += [f"{row['ratio'][t]:.2f}" if t in row["ratio"] else "" for t in threads]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", action="append", help="trained checkpoint directory (repeatable)")
+    parser.add_argument("--data", help="the checkpoints' dataset: calibration from train, parity on test")
+    parser.add_argument("--sizes", default=DEFAULT_SIZES, help="random-init models to build, name=size,...",
+                        type=lambda s: dict(item.split("=") for item in s.split(",")))
+    parser.add_argument("--formats", default="pte,onnx", type=lambda s: s.split(","))
+    parser.add_argument("--threads", default="1,2", type=lambda s: [int(t) for t in s.split(",")])
+    parser.add_argument("--calib", type=int, default=128, help="calibration clips")
+    parser.add_argument("--heldout", type=int, default=200, help="parity clips")
+    parser.add_argument("--windows", type=int, default=20, help="windows timed per round")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (median reported)")
+    parser.add_argument("--out", help="where the exports go (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    if args.data and not args.checkpoint:
+        parser.error("--data needs --checkpoint (random-init models have no labels to match)")
+
+    with tempfile.TemporaryDirectory(prefix="export-bench-") as tmp:
+        out = Path(args.out or tmp)
+        rows = []
+        for name, model in build_models(args).items():
+            rows += bench_model(name, model, args, out)
+    print(markdown(rows, args.threads))
+    print(f"\ntorch {torch.__version__}, intra-op threads as listed; median of {args.rounds} interleaved rounds "
+          f"of {args.windows} windows; agreement = top-1 vs PyTorch fp32 on "
+          f"{args.heldout} {'held-out' if args.data else 'synthetic probe'} clips")
+    print("command: python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,531 @@
+"""Wake-word metrics on long streams: misses at a fixed false-alarm rate.
+
+Clip accuracy says little about an always-on detector. The field compares
+engines the way Picovoice's wake-word benchmark does: keywords mixed into
+running speech with noise (10 dB SNR), a detection counting as a hit from the
+keyword's start to 0.5 s after its end, and the miss rate read off at a fixed
+false-alarm rate (1 per 10 hours, 1 per hour).
+
+Here: `build_test_streams` makes a keyword stream (held-out keyword clips from
+a dataset's test split, inserted at known times between background sentences)
+and a keyword-free stream of the same kind of speech, both with noise.
+`score_stream` runs the real streaming detector once and keeps the smoothed
+score of every hop; every threshold is then evaluated offline by replaying
+the detector's decision rule (threshold, best keyword, refractory period) on
+those scores, which gives exactly the detections a live detector with that
+threshold would make, without running the model again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgeast.audio.io import AudioError, load_audio, save_audio
+from edgeast.data import BACKGROUND_NOISE, MANIFEST, TESTING_LIST
+from edgeast.export.metadata import ArtifactMeta
+from edgeast.runtime.detector import Backend, StreamingDetector
+
+HIT_TOLERANCE_S = 0.5  # a detection up to this long after the keyword's end still counts
+TARGETS_FA_PER_HOUR = (1.0, 0.1)
+THRESHOLDS = np.unique(np.concatenate([np.linspace(0.02, 0.98, 49), 1.0 - np.logspace(-1.7, -5, 12)]))
+
+
+class StreamEvalError(ValueError):
+    """A dataset or artifact that cannot give a test stream or take calibrated thresholds."""
+
+
+@dataclass(frozen=True)
+class KeywordEvent:
+    keyword: str
+    start_s: float
+    end_s: float
+
+
+@dataclass
+class TestStream:
+    audio: np.ndarray  # float32 mono
+    sample_rate: int
+    events: list[KeywordEvent]  # ground truth; empty for a keyword-free stream
+
+    __test__ = False  # not a pytest class
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+    def save(self, wav_path: str | Path) -> None:
+        """The audio as wav and the events beside it (same stem, .json)."""
+        save_audio(wav_path, self.audio, self.sample_rate)
+        Path(wav_path).with_suffix(".json").write_text(json.dumps([asdict(e) for e in self.events], indent=1))
+
+
+@dataclass
+class StreamConfig:
+    keyword_minutes: float = 10.0
+    background_minutes: float = 10.0
+    snr_db: float = 10.0  # speech level over noise level
+    speech_db: float = -24.0  # RMS of active speech, dBFS (each utterance jittered by +-3 dB)
+    speech_between_s: tuple[float, float] = (2.0, 6.0)  # background speech between two keywords
+    pause_s: tuple[float, float] = (0.2, 0.8)  # silence around every utterance
+    seed: int = 0
+
+
+def speech_bounds(wave: np.ndarray, sample_rate: int, floor_db: float = -35.0) -> tuple[int, int]:
+    """First and last sample of the 10 ms frames within `floor_db` of the loudest frame."""
+    frame = sample_rate // 100
+    usable = len(wave) // frame * frame
+    if usable == 0:
+        return 0, len(wave)
+    rms = np.sqrt(np.mean(wave[:usable].reshape(-1, frame).astype(np.float64) ** 2, axis=1)) + 1e-12
+    loud = np.flatnonzero(20 * np.log10(rms / rms.max()) > floor_db)
+    return int(loud[0] * frame), int((loud[-1] + 1) * frame)
+
+
+def _at_level(wave: np.ndarray, rms_db: float) -> np.ndarray:
+    rms = math.sqrt(float(np.mean(wave.astype(np.float64) ** 2))) + 1e-12
+    return (wave * (10 ** (rms_db / 20) / rms)).astype(np.float32)
+
+
+def _keyword_clips(root: Path, keywords: list[str], sample_rate: int) -> dict[str, list[np.ndarray]]:
+    """The speech part of every test-split clip of each keyword."""
+    listing = root / TESTING_LIST
+    if not listing.is_file():
+        raise StreamEvalError(f"{root}: no {TESTING_LIST}; give a dataset in the Speech Commands layout "
+                              "(e.g. one written by `edgeast synth`)")
+    clips: dict[str, list[np.ndarray]] = {k: [] for k in keywords}
+    for rel in listing.read_text().split():
+        folder = rel.split("/")[0]
+        if folder not in clips:
+            continue
+        try:
+            wave = load_audio(root / rel, sample_rate).numpy()
+        except AudioError:
+            continue  # a bad test clip is just not used
+        start, end = speech_bounds(wave, sample_rate)
+        clips[folder].append(wave[start:end])
+    missing = [k for k, c in clips.items() if not c]
+    if missing:
+        raise StreamEvalError(f"{root}: the test split has no clips of {missing}; the model's keywords must be "
+                              "folders of the dataset")
+    return clips
+
+
+def _test_voices(root: Path):
+    """espeak voices of the dataset's test speakers (synthetic data), else a fixed set of English voices."""
+    from edgeast.data.espeak import Voice
+
+    manifest = root / MANIFEST
+    if manifest.is_file():
+        data = json.loads(manifest.read_text())
+        ids = data.get("speakers", {}).get("test", [])
+        voices = [Voice(**data["voices"][i]) for i in ids if i in data.get("voices", {})]
+        if voices:
+            return voices
+    return [Voice("en", v, rate, pitch) for v in ("m1", "m3", "f2", "f4") for rate, pitch in ((150, 40), (190, 60))]
+
+
+class _Sentences:
+    """Background speech: espeak sentences by held-out voices that avoid the keywords, or files from a folder."""
+
+    def __init__(self, root: Path, keywords: list[str], sample_rate: int, rng: np.random.Generator,
+                 folder: Path | None):
+        self.sample_rate, self.rng = sample_rate, rng
+        self.files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".wav", ".flac", ".ogg")) if folder else []
+        if folder is not None and not self.files:
+            raise StreamEvalError(f"{folder}: no audio files for background speech")
+        from edgeast.data.synth import ENGLISH_SENTENCE_WORDS
+
+        banned = {w for k in keywords for w in k.replace("_", " ").split()}
+        self.words = [w for w in ENGLISH_SENTENCE_WORDS if w not in banned]
+        self.voices = _test_voices(root)
+
+    def next(self) -> np.ndarray:
+        if self.files:
+            try:
+                wave = load_audio(self.files[int(self.rng.integers(len(self.files)))], self.sample_rate).numpy()
+            except AudioError:
+                return np.zeros(0, np.float32)
+        else:
+            import torch
+            import torchaudio.functional as AF
+
+            from edgeast.data import espeak
+
+            text = " ".join(self.rng.choice(self.words, size=int(self.rng.integers(5, 12))))
+            voice = self.voices[int(self.rng.integers(len(self.voices)))]
+            raw, rate = espeak.synthesize(text, voice, seed=int(self.rng.integers(1 << 30)))
+            wave = AF.resample(torch.from_numpy(raw), rate, self.sample_rate).numpy()
+        start, end = speech_bounds(wave, self.sample_rate)
+        return wave[start:end]
+
+
+def _noise(root: Path, num_samples: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+    """Unit-RMS noise: pieces of the last 10 % (the test part) of the dataset's noise files, else pink noise."""
+    sources = []
+    folder = root / BACKGROUND_NOISE
+    for path in sorted(folder.glob("*.wav")) if folder.is_dir() else []:
+        try:
+            wave = load_audio(path, sample_rate).numpy()
+        except AudioError:
+            continue
+        part = wave[int(0.9 * len(wave)):]
+        if len(part) >= sample_rate and np.any(part):
+            sources.append(part / (np.sqrt(np.mean(part ** 2)) + 1e-12))
+    if not sources:
+        spectrum = np.fft.rfft(rng.standard_normal(num_samples))
+        spectrum /= np.sqrt(np.maximum(np.arange(len(spectrum)), 1))
+        pink = np.fft.irfft(spectrum, n=num_samples)
+        return (pink / (np.sqrt(np.mean(pink ** 2)) + 1e-12)).astype(np.float32)
+    out = np.empty(num_samples, np.float32)
+    pos = 0
+    while pos < num_samples:
+        src = sources[int(rng.integers(len(sources)))]
+        n = min(num_samples - pos, len(src))
+        start = int(rng.integers(len(src) - n + 1))
+        out[pos:pos + n] = src[start:start + n]
+        pos += n
+    return out
+
+
+def build_test_streams(
+    dataset: str | Path,
+    keywords: list[str],
+    cfg: StreamConfig = StreamConfig(),
+    *,
+    sample_rate: int = 16000,
+    background: str | Path | None = None,
+) -> tuple[TestStream, TestStream]:
+    """(keyword stream, keyword-free stream) built from `dataset`'s test split.
+
+    Background speech is espeak sentences spoken by the dataset's test voices
+    with every keyword word left out, or the audio files under `background`
+    (which must not contain the keywords).
+    """
+    root = Path(dataset)
+    rng = np.random.default_rng(cfg.seed)
+    clips = _keyword_clips(root, keywords, sample_rate)
+    sentences = _Sentences(root, keywords, sample_rate, rng, Path(background) if background else None)
+
+    def pause() -> int:
+        return int(rng.uniform(*cfg.pause_s) * sample_rate)
+
+    def level() -> float:
+        return cfg.speech_db + rng.uniform(-3.0, 3.0)
+
+    def assemble(minutes: float, with_keywords: bool) -> TestStream:
+        total = int(minutes * 60 * sample_rate)
+        audio = np.zeros(total, np.float32)
+        events: list[KeywordEvent] = []
+        pos, order = pause(), 0
+        while True:
+            budget = rng.uniform(*cfg.speech_between_s) * sample_rate
+            spoken = 0
+            while spoken < budget:  # background speech
+                wave = sentences.next()
+                if len(wave) == 0:
+                    continue
+                if pos + len(wave) > total:
+                    return TestStream(audio, sample_rate, events)
+                audio[pos:pos + len(wave)] = _at_level(wave, level())
+                pos += len(wave) + pause()
+                spoken += len(wave)
+            if with_keywords:
+                keyword = keywords[order % len(keywords)]
+                order += 1
+                pool = clips[keyword]
+                wave = pool[int(rng.integers(len(pool)))]
+                if pos + len(wave) > total:
+                    return TestStream(audio, sample_rate, events)
+                audio[pos:pos + len(wave)] = _at_level(wave, level())
+                events.append(KeywordEvent(keyword, pos / sample_rate, (pos + len(wave)) / sample_rate))
+                pos += len(wave) + pause()
+
+    streams = []
+    for minutes, with_keywords in ((cfg.keyword_minutes, True), (cfg.background_minutes, False)):
+        stream = assemble(minutes, with_keywords)
+        noise = _noise(root, len(stream.audio), sample_rate, rng) * 10 ** ((cfg.speech_db - cfg.snr_db) / 20)
+        stream.audio = np.clip(stream.audio + noise, -1.0, 1.0).astype(np.float32)
+        streams.append(stream)
+    return streams[0], streams[1]
+
+
+@dataclass
+class ScoreTrack:
+    """The smoothed keyword scores of every hop of one stream, as the live detector saw them."""
+
+    keywords: list[str]
+    ends: np.ndarray  # [hops] int: stream sample at which each hop's window ends
+    scores: np.ndarray  # [hops, keywords] float32 smoothed posteriors
+    sample_rate: int
+    num_samples: int
+    refractory_samples: int
+
+    @property
+    def hours(self) -> float:
+        return self.num_samples / self.sample_rate / 3600
+
+
+def score_stream(detector: StreamingDetector, audio: np.ndarray, chunk_s: float = 0.5) -> ScoreTrack:
+    """Run `detector` over `audio` once (from a reset) and keep every hop's smoothed keyword scores."""
+    from edgeast.runtime.files import stream_audio
+
+    detector.reset()
+    tail = detector.smoothing_hops * detector.hop_samples
+    total = max(len(audio), detector.window_samples) + tail  # what stream_audio pushes
+    hops = (total - detector.window_samples) // detector.hop_samples + 1
+    ends = np.zeros(hops, np.int64)
+    scores = np.zeros((hops, len(detector.keyword_ids)), np.float32)
+    count = 0
+
+    def keep(end_s: float, smoothed: np.ndarray) -> None:
+        nonlocal count
+        ends[count] = round(end_s * detector.sample_rate)
+        scores[count] = smoothed[detector.keyword_ids]
+        count += 1
+
+    stream_audio(detector, audio, chunk_s=chunk_s, on_window=keep)
+    return ScoreTrack([detector.labels[i] for i in detector.keyword_ids], ends[:count], scores[:count],
+                      detector.sample_rate, len(audio), detector.refractory_samples)
+
+
+def replay(track: ScoreTrack, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The detections (hop indices, keyword indices) a live detector with `thresholds` [keywords] makes.
+
+    The rule is the detector's: at a hop outside the refractory period, the
+    keyword with the largest score-minus-threshold fires if that is >= 0.
+    """
+    margin = track.scores - np.asarray(thresholds, np.float32)[None, :]
+    candidates = np.flatnonzero(margin.max(axis=1) >= 0)
+    candidate_ends = track.ends[candidates]
+    hops, kws = [], []
+    i = 0
+    while i < len(candidates):
+        hop = candidates[i]
+        hops.append(hop)
+        kws.append(int(np.argmax(margin[hop])))
+        i = int(np.searchsorted(candidate_ends, track.ends[hop] + track.refractory_samples, side="left"))
+    return np.array(hops, np.int64), np.array(kws, np.int64)
+
+
+def match(track: ScoreTrack, hops: np.ndarray, kws: np.ndarray, events: list[KeywordEvent],
+          tolerance_s: float = HIT_TOLERANCE_S) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """(hit per event [events] bool, false accepts per keyword [keywords], latencies of the hits in s).
+
+    A detection at time t (its window's end) hits a not yet hit event of the
+    same keyword with start <= t <= end + tolerance; any other detection is a
+    false accept. Latency is t minus the keyword's end. `events` are in time order.
+    """
+    starts = np.array([e.start_s for e in events])
+    ends = np.array([e.end_s for e in events])
+    longest = float((ends - starts).max()) if events else 0.0
+    hit = np.zeros(len(events), bool)
+    false = np.zeros(len(track.keywords), np.int64)
+    latencies: list[float] = []
+    for hop, k in zip(hops, kws):
+        t = track.ends[hop] / track.sample_rate
+        j = int(np.searchsorted(starts, t, side="right")) - 1  # the last event that started by t
+        while j >= 0 and starts[j] >= t - longest - tolerance_s:
+            if not hit[j] and events[j].keyword == track.keywords[k] and t <= ends[j] + tolerance_s:
+                hit[j] = True
+                latencies.append(t - ends[j])
+                break
+            j -= 1
+        else:
+            false[k] += 1
+    return hit, false, latencies
+
+
+@dataclass
+class OperatingPoint:
+    target_fa_per_hour: float
+    threshold: float
+    miss_rate: float
+    fa_per_hour: float
+    false_accepts: int
+    latency_median_s: float  # detection time minus keyword end, over the hits
+    resolved: bool  # the audio is long enough to observe one false accept at the target rate
+
+
+@dataclass
+class StreamEval:
+    keywords: list[str]
+    keyword_stream_s: float
+    background_stream_s: float
+    events: int
+    thresholds: list[float]
+    miss_rate: list[float]  # per threshold
+    fa_per_hour: list[float]  # per threshold, false accepts in both streams per hour of both
+    operating_points: list[OperatingPoint]
+    calibrated: dict[str, float] = field(default_factory=dict)  # per-keyword thresholds for target_fa_per_hour
+    target_fa_per_hour: float = 1.0
+
+    @property
+    def hours(self) -> float:
+        return (self.keyword_stream_s + self.background_stream_s) / 3600
+
+    def point(self, target_fa_per_hour: float) -> OperatingPoint:
+        return next(p for p in self.operating_points if p.target_fa_per_hour == target_fa_per_hour)
+
+    def to_markdown(self) -> str:
+        lines = [f"keywords {', '.join(self.keywords)}: {self.events} keyword events in "
+                 f"{self.keyword_stream_s / 60:.1f} min of speech, plus {self.background_stream_s / 60:.1f} min "
+                 f"without keywords ({self.hours:.2f} h for false accepts)", "",
+                 "| target FA/h | threshold | miss rate | FA/h seen | FA | latency median | resolved |",
+                 "| --- | --- | --- | --- | --- | --- | --- |"]
+        for p in self.operating_points:
+            lines.append(f"| {p.target_fa_per_hour:g} | {p.threshold:.4f} | {p.miss_rate:.1%} | "
+                         f"{p.fa_per_hour:.2f} | {p.false_accepts} | {p.latency_median_s * 1000:.0f} ms | "
+                         f"{'yes' if p.resolved else 'no'} |")
+        if not all(p.resolved for p in self.operating_points):
+            lines += ["", f"Rows marked 'no': {self.hours:.2f} h of audio cannot show such a low rate (one false "
+                          "accept would already exceed it); they give the miss rate at the lowest threshold with "
+                          "no false accept at all, an optimistic bound. Longer streams resolve them."]
+        if self.calibrated:
+            lines += ["", f"calibrated thresholds for {self.target_fa_per_hour:g} FA/h: "
+                          + ", ".join(f"{k} {v:.4f}" for k, v in self.calibrated.items())]
+        return "\n".join(lines)
+
+
+def sweep(keyword_track: ScoreTrack, background_track: ScoreTrack, events: list[KeywordEvent],
+          thresholds: np.ndarray = THRESHOLDS, targets: tuple[float, ...] = TARGETS_FA_PER_HOUR) -> StreamEval:
+    """Miss rate and false accepts per hour at every threshold (one threshold for all keywords)."""
+    hours = keyword_track.hours + background_track.hours
+    k = len(keyword_track.keywords)
+    miss, fa, counts, latencies = [], [], [], []
+    for theta in thresholds:
+        hit, false_kw, lat = match(keyword_track, *replay(keyword_track, np.full(k, theta)), events)
+        _, false_bg, _ = match(background_track, *replay(background_track, np.full(k, theta)), [])
+        counts.append(int(false_kw.sum() + false_bg.sum()))
+        miss.append(float(1.0 - hit.mean()) if events else 0.0)
+        fa.append(counts[-1] / hours)
+        latencies.append(float(np.median(lat)) if lat else math.nan)
+    points = []
+    for target in targets:
+        i = next((i for i, rate in enumerate(fa) if rate <= target), len(thresholds) - 1)
+        points.append(OperatingPoint(target, float(thresholds[i]), miss[i], fa[i], counts[i], latencies[i],
+                                     resolved=hours * target >= 1.0))
+    return StreamEval(list(keyword_track.keywords), keyword_track.num_samples / keyword_track.sample_rate,
+                      background_track.num_samples / background_track.sample_rate, len(events),
+                      [float(t) for t in thresholds], miss, fa, points)
+
+
+def calibrate(keyword_track: ScoreTrack, background_track: ScoreTrack, events: list[KeywordEvent],
+              target_fa_per_hour: float, thresholds: np.ndarray = THRESHOLDS) -> dict[str, float]:
+    """Per-keyword thresholds that keep all keywords together within `target_fa_per_hour`.
+
+    Each keyword, replayed alone (the others off), gets the lowest threshold at
+    which its own false accepts stay within target / keywords per hour; if
+    none does, the highest threshold tried.
+    """
+    hours = keyword_track.hours + background_track.hours
+    k = len(keyword_track.keywords)
+    chosen = {}
+    for j, keyword in enumerate(keyword_track.keywords):
+        chosen[keyword] = float(thresholds[-1])
+        for theta in thresholds:
+            only = np.full(k, np.inf, np.float32)
+            only[j] = theta
+            false = (match(keyword_track, *replay(keyword_track, only), events)[1][j]
+                     + match(background_track, *replay(background_track, only), [])[1][j])
+            if false / hours <= target_fa_per_hour / k:
+                chosen[keyword] = float(theta)
+                break
+    return chosen
+
+
+def plot_det(result: StreamEval, path: str | Path) -> None:
+    """DET curve: miss rate against false accepts per hour, the operating points marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.plot(result.fa_per_hour, np.array(result.miss_rate) * 100, "-o", ms=2.5, lw=1.2, label="all keywords")
+    for p in result.operating_points:
+        ax.plot([p.fa_per_hour], [p.miss_rate * 100], "s", ms=7, mfc="none",
+                label=f"{p.target_fa_per_hour:g} FA/h target: miss {p.miss_rate:.1%}" + ("" if p.resolved else " (unresolved)"))
+    ax.set_xscale("symlog", linthresh=1.0 / max(result.hours, 1e-9))
+    ax.set_xlim(left=0)
+    ax.set_xlabel("false accepts per hour")
+    ax.set_ylabel("miss rate (%)")
+    ax.set_title(f"DET, {result.events} keywords, {result.hours:.2f} h of audio", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def sidecar_path(artifact: str | Path) -> Path:
+    """The `model.json` that `open_backend` reads for a `.pte`/`.onnx` file."""
+    path = Path(artifact)
+    if path.is_dir():
+        raise StreamEvalError(f"{path}: a checkpoint has no sidecar to hold thresholds; export it "
+                              "(`edgeast export`) and calibrate the exported model")
+    for candidate in (path.with_suffix(".json"), path.parent / "model.json"):
+        if candidate.is_file():
+            return candidate
+    raise StreamEvalError(f"{path}: no metadata sidecar beside it (model.json); re-export the model")
+
+
+def write_thresholds(artifact: str | Path, thresholds: dict[str, float]) -> Path:
+    """Store per-keyword thresholds in the artifact's sidecar; returns the sidecar's path."""
+    path = sidecar_path(artifact)
+    meta = ArtifactMeta.load(path)
+    unknown = sorted(set(thresholds) - set(meta.keywords()))
+    if unknown:
+        raise StreamEvalError(f"{path}: {unknown} are not keywords of this model ({meta.keywords()})")
+    meta.thresholds = {**meta.thresholds, **thresholds}
+    meta.save(path)
+    return path
+
+
+def eval_stream(
+    artifact: str | Path | Backend,
+    dataset: str | Path,
+    out_dir: str | Path,
+    *,
+    cfg: StreamConfig = StreamConfig(),
+    background: str | Path | None = None,
+    target_fa_per_hour: float = 1.0,
+    write_calibration: bool = False,
+    vad_threshold_db: float | None = None,
+    save_streams: bool = False,
+    num_threads: int | None = None,
+) -> StreamEval:
+    """The whole evaluation: build streams, score them once, sweep, calibrate, write the report.
+
+    Writes `out_dir/report.json`, `report.md`, `det.png` (and the two streams as
+    wav + events json with `save_streams`). With `write_calibration`, the
+    thresholds for `target_fa_per_hour` go into the artifact's sidecar.
+    """
+    if write_calibration:
+        sidecar_path(artifact if isinstance(artifact, (str, Path)) else artifact.path)  # fail before the long run
+    detector = StreamingDetector(artifact, vad_threshold_db=vad_threshold_db, num_threads=num_threads)
+    keywords = [detector.labels[i] for i in detector.keyword_ids]
+    keyword_stream, background_stream = build_test_streams(dataset, keywords, cfg, sample_rate=detector.sample_rate,
+                                                           background=background)
+    keyword_track = score_stream(detector, keyword_stream.audio)
+    background_track = score_stream(detector, background_stream.audio)
+    targets = tuple(sorted({*TARGETS_FA_PER_HOUR, target_fa_per_hour}, reverse=True))
+    result = sweep(keyword_track, background_track, keyword_stream.events, targets=targets)
+    result.target_fa_per_hour = target_fa_per_hour
+    result.calibrated = calibrate(keyword_track, background_track, keyword_stream.events, target_fa_per_hour)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(asdict(result), indent=1))
+    (out / "report.md").write_text(result.to_markdown() + "\n")
+    plot_det(result, out / "det.png")
+    if save_streams:
+        keyword_stream.save(out / "keyword_stream.wav")
+        background_stream.save(out / "background_stream.wav")
+    if write_calibration:
+        write_thresholds(artifact if isinstance(artifact, (str, Path)) else artifact.path, result.calibrated)
+    return result

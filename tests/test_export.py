@@ -1,0 +1,199 @@
+"""int8/fp32 export to ExecuTorch and ONNX: parity with eager, metadata, atomic writes, float front end."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from edgeast.audio.frontend import FrontendConfig, LogMelFrontend
+from edgeast.export import executorch as et_export
+from edgeast.export.calibration import probe_clips
+from edgeast.export.exporter import ExportExistsError, ExportParityError, export_model
+from edgeast.export.metadata import ArtifactMeta
+from edgeast.export.onnx import read_embedded_meta
+from edgeast.models.ast import ASTClassifier, ASTConfig
+from edgeast.models.keyword import KeywordModel
+from edgeast.runtime.backends import open_backend
+
+LABELS = ["tone", "chirp", "burst", "_silence_"]  # the four kinds of probe_clips, in order
+
+
+def probe_set(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return probe_clips(count, seed=seed), torch.arange(count) % len(LABELS)
+
+
+@pytest.fixture(scope="module")
+def model() -> KeywordModel:
+    """A tiny AST trained for a few seconds to tell the probe kinds apart, so logits carry margins."""
+    torch.manual_seed(0)
+    cfg = ASTConfig(embed_dim=64, depth=2, num_heads=2, patch_f=16, patch_t=16, num_frames=100, num_classes=4)
+    model = KeywordModel(LogMelFrontend(FrontendConfig()), ASTClassifier(cfg), LABELS)
+    waves, targets = probe_set(96, seed=1)
+    with torch.no_grad():
+        features = model.frontend(waves)
+    optimizer = torch.optim.AdamW(model.classifier.parameters(), lr=3e-3)
+    for _ in range(40):
+        batch = torch.randint(0, len(waves), (24,))
+        loss = torch.nn.functional.cross_entropy(model.classifier(features[batch]), targets[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def heldout():
+    return probe_set(48, seed=2)
+
+
+@pytest.fixture(scope="module")
+def fp32_export(model, heldout, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fp32")
+    return out, export_model(model, out, heldout=heldout, source="tiny")
+
+
+@pytest.fixture(scope="module")
+def int8_export(model, heldout, tmp_path_factory):
+    out = tmp_path_factory.mktemp("int8")
+    calib, _ = probe_set(64, seed=3)
+    return out, export_model(model, out, int8=True, calib_waves=calib, heldout=heldout, min_agreement=0.9)
+
+
+def eager(model, waves):
+    with torch.no_grad():
+        return model(waves).numpy()
+
+
+@pytest.mark.parametrize("name", ["model.pte", "model.onnx"])
+def test_fp32_export_matches_eager(model, fp32_export, name):
+    out, report = fp32_export
+    waves, _ = probe_set(24, seed=4)
+    logits = open_backend(out / name).infer_batch(waves.numpy())
+    assert logits.shape == (24, 4) and logits.dtype == np.float32
+    assert np.abs(logits - eager(model, waves)).max() <= 1e-3
+    result = next(r for r in report.results if r.file == name)
+    assert result.agreement == 1.0 and result.max_abs_diff <= 1e-3 and result.passed
+
+
+@pytest.mark.parametrize("name", ["model.pte", "model.onnx"])
+def test_int8_export_agrees_with_eager(model, int8_export, heldout, name):
+    out, report = int8_export
+    waves, _ = probe_set(48, seed=5)
+    reference = eager(model, waves)
+    backend = open_backend(out / name)
+    logits = backend.infer_batch(waves.numpy())
+    agrees = logits.argmax(1) == reference.argmax(1)
+    assert agrees.mean() >= 0.9, f"{name}: int8 top-1 agreement {agrees.mean():.1%}"
+    top2 = np.sort(reference, axis=1)[:, -2:]
+    decisive = top2[:, 1] - top2[:, 0] > 0.5  # the model is briefly trained: some clips are near ties
+    assert decisive.sum() >= 24 and agrees[decisive].all()
+    assert np.corrcoef(logits.ravel(), reference.ravel())[0, 1] >= 0.98
+    assert 0 < np.abs(logits - reference).max() < 1.0  # quantized (not identical), yet close
+    result = next(r for r in report.results if r.file == name)
+    heldout_waves, heldout_targets = heldout
+    accuracy = (backend.infer_batch(heldout_waves.numpy()).argmax(1) == heldout_targets.numpy()).mean()
+    assert result.passed and result.agreement >= 0.9 and result.accuracy == pytest.approx(accuracy)
+
+
+@pytest.mark.parametrize("name", ["model.pte", "model.onnx"])
+def test_int8_files_are_smaller(fp32_export, int8_export, name):
+    fp32_size = (fp32_export[0] / name).stat().st_size
+    int8_size = (int8_export[0] / name).stat().st_size
+    # The float front end (~1 MB of DFT and mel weights) dominates a model this small.
+    assert int8_size < 0.9 * fp32_size
+
+
+def test_metadata_round_trip(model, fp32_export, int8_export):
+    for out, int8 in ((fp32_export[0], False), (int8_export[0], True)):
+        meta = ArtifactMeta.load(out / "model.pte")
+        assert meta.labels == LABELS and meta.int8 is int8 and meta.format == "pte,onnx"
+        assert (meta.sample_rate, meta.window_samples) == (16000, 16000)
+        assert meta.thresholds == {"tone": 0.8, "chirp": 0.8, "burst": 0.8}  # keywords only
+        assert meta.normalization == {"mean": model.frontend.cfg.mean, "std": model.frontend.cfg.std}
+        assert {r["file"] for r in meta.parity["results"]} == {"model.pte", "model.onnx"}
+        assert meta.parity["clips"] == 48 and meta.parity["clip_source"] == "heldout"
+        embedded = read_embedded_meta(out / "model.onnx")
+        assert embedded["labels"] == LABELS and embedded["int8"] is int8 and embedded["format"] == "onnx"
+        assert open_backend(out / "model.onnx").meta.format == "onnx"
+    assert fp32_export[1].table().count("| model.") == 2
+
+
+def test_pte_carries_its_settings(fp32_export):
+    from executorch.runtime import Runtime
+
+    program = Runtime.get().load_program(fp32_export[0] / "model.pte")
+    settings = {name: program.load_method(name).execute([])[0] for name in ("sample_rate", "window_samples", "num_classes")}
+    assert settings == {"sample_rate": 16000, "window_samples": 16000, "num_classes": 4}
+
+
+def test_refuses_existing_export(model, fp32_export):
+    out = fp32_export[0]
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(ExportExistsError, match="already holds an export.*--overwrite"):
+        export_model(model, out, formats=["onnx"])
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_failed_export_leaves_no_model_file(model, tmp_path, monkeypatch):
+    import executorch.exir
+
+    def broken_lowering(*args, **kwargs):
+        raise RuntimeError("simulated lowering failure")
+
+    monkeypatch.setattr(executorch.exir, "to_edge_transform_and_lower", broken_lowering)
+    with pytest.raises(RuntimeError, match="simulated"):
+        export_model(model, tmp_path / "out", formats=["onnx", "pte"])  # ONNX is written first, then pte fails
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_failed_parity_ships_nothing_unless_forced(model, heldout, tmp_path):
+    with pytest.raises(ExportParityError, match="model.onnx agrees with PyTorch on 100.0%.*--force"):
+        export_model(model, tmp_path / "strict", formats=["onnx"], heldout=heldout, min_agreement=1.01)
+    assert list((tmp_path / "strict").iterdir()) == []
+    report = export_model(model, tmp_path / "forced", formats=["onnx"], heldout=heldout, min_agreement=1.01, force=True)
+    assert report.forced and not report.passed
+    assert sorted(p.name for p in (tmp_path / "forced").iterdir()) == ["model.json", "model.onnx"]
+    assert json.loads((tmp_path / "forced" / "model.json").read_text())["parity"]["forced"] is True
+
+
+def _dequantized(graph) -> set[str]:
+    return {out for node in graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+
+
+def test_onnx_int8_keeps_front_end_float(model, int8_export):
+    graph = onnx.load(int8_export[0] / "model.onnx").graph
+    initializers = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    spectrum = model.frontend.spectrum_kernel.numpy()
+    mel = model.frontend.mel_weight.numpy()
+
+    def consumers_of(array):
+        names = [n for n, v in initializers.items() if v.dtype == np.float32 and v.size == array.size
+                 and (np.array_equal(v.reshape(array.shape), array) or np.array_equal(v.reshape(array.T.shape), array.T))]
+        return [node for node in graph.node if set(node.input) & set(names)]
+
+    dequantized = _dequantized(graph)
+    for array, op_types in ((spectrum, {"Conv"}), (mel, {"MatMul", "Gemm"})):
+        nodes = consumers_of(array)
+        assert nodes and {node.op_type for node in nodes} <= op_types
+        for node in nodes:  # float weights, float inputs: no QuantizeLinear/DequantizeLinear around the DFT
+            assert not set(node.input) & dequantized, f"{node.name} reads quantized input"
+    int8_size = sum(v.size for v in initializers.values() if v.dtype == np.int8)
+    linear_size = sum(m.weight.numel() for m in model.classifier.modules() if isinstance(m, torch.nn.Linear))
+    assert int8_size >= linear_size  # while the classifier's weights are int8
+
+
+def test_pte_int8_keeps_front_end_float(model):
+    calib, _ = probe_set(8, seed=3)
+    graph = et_export.quantize_classifier(model, torch.zeros(1, 16000), calib).graph
+    dequantize = {n for n in graph.nodes if "dequantize" in str(n.target)}
+    frontend_ops, classifier_ops = [], []
+    for node in graph.nodes:
+        if node.op == "call_function" and any(op in str(node.target) for op in ("conv2d", "linear", "matmul")):
+            paths = [path for path, _ in node.meta["nn_module_stack"].values()]
+            reads_quantized = any(arg in dequantize for arg in node.args[:2])
+            (frontend_ops if "frontend" in paths else classifier_ops).append(reads_quantized)
+    assert len(frontend_ops) == 2 and not any(frontend_ops)  # DFT conv and mel matmul stay float
+    assert classifier_ops and all(classifier_ops)  # patch conv and every Linear are int8
