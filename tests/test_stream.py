@@ -90,10 +90,14 @@ def trained_model(tmp_path_factory) -> TrainedModel:
 
     shifts = ((torch.rand(len(x), generator=g) * 2 - 1) * 0.2 * SR).long()
     shifted = noisy(torch.stack([_shift(w, int(s)) for w, s in zip(x, shifts)]))
-    # Keywords mostly pushed out of the window are not keywords: the detector fires once the word is in.
-    cut = ((torch.rand(int(is_keyword.sum()), generator=g) * 0.25 + 0.45) * SR).long()
-    cut = cut * (torch.randint(0, 2, cut.shape, generator=g) * 2 - 1)
-    partial = torch.stack([_shift(w, int(s)) for w, s in zip(x[is_keyword], cut)])
+    # A keyword cut in half by the window edge is not a keyword yet: the detector should fire once it is in.
+    partial = []
+    for w in x[is_keyword]:
+        start, end = speech_bounds(w.numpy(), SR)
+        gone = int((end - start) * (0.5 + 0.4 * float(torch.rand(1, generator=g))))
+        left = bool(torch.randint(0, 2, (1,), generator=g))
+        partial.append(_shift(w, -(start + gone) if left else SR - end + gone))
+    partial = torch.stack(partial)
     speech = torch.stack([s[o:o + SR] for s in sentences for o in (0, SR // 2, SR) if len(s) >= o + SR])
     waves = torch.cat([x, shifted, partial, noisy(speech)])
     targets = torch.cat([y, y, torch.full((len(partial),), unknown), torch.full((len(speech),), unknown)])

@@ -4,11 +4,15 @@ The whole model, front end included, is one `torch.export` graph that takes a
 raw PCM window `[1, window_samples]` and returns logits `[1, classes]`.
 
 int8 uses the PT2E flow: the exported graph is annotated by ExecuTorch's
-`XNNPACKQuantizer` for the `classifier` submodule only (symmetric int8,
-per-channel weights), observed on calibration clips, and converted to
+`XNNPACKQuantizer` (symmetric int8, per-channel weights) everywhere but in the
+`frontend` submodule, observed on calibration clips, and converted to
 quantize/dequantize pairs that the XNNPACK partitioner fuses into int8
-kernels. The front end is never annotated, so the DFT conv and the mel matmul
-stay in float: log-mel precision matters more than its cost.
+kernels. The DFT conv and the mel matmul stay in float: log-mel precision
+matters more than its cost.
+
+Why a filter rather than `set_module_name("classifier", ...)`: that filter
+is also applied to a conv's weight node, a `get_attr` that carries no module
+stack, so the classifier's patch-embedding conv would silently stay float.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from torch import Tensor, nn
 
 
 def quantize_classifier(model: nn.Module, example: Tensor, calib_waves: Tensor) -> torch.fx.GraphModule:
-    """The model as a PT2E graph with int8 quantize/dequantize around the classifier's ops.
+    """The model as a PT2E graph with int8 quantize/dequantize around every op outside the front end.
 
     `calib_waves` `[N, S]` are run one window at a time through the observed
     graph, exactly as the app will call it.
@@ -35,8 +39,10 @@ def quantize_classifier(model: nn.Module, example: Tensor, calib_waves: Tensor) 
         raise ValueError(
             f"calibration clips have shape {tuple(calib_waves.shape)}; expected [N > 0, {example.shape[1]}]"
         )
-    quantizer = XNNPACKQuantizer().set_module_name(
-        "classifier", get_symmetric_quantization_config(is_per_channel=True)
+    quantizer = (
+        XNNPACKQuantizer()
+        .set_global(get_symmetric_quantization_config(is_per_channel=True))
+        .set_filter_function(_outside_frontend)
     )
     graph = torch.export.export(model, (example,), strict=False).module()
     observed = prepare_pt2e(graph, quantizer)
@@ -44,6 +50,11 @@ def quantize_classifier(model: nn.Module, example: Tensor, calib_waves: Tensor) 
         for wave in calib_waves.float():
             observed(wave[None])
     return convert_pt2e(observed)
+
+
+def _outside_frontend(node: torch.fx.Node) -> bool:
+    paths = [path for path, _ in node.meta.get("nn_module_stack", {}).values()]
+    return not any(path == "frontend" or path.startswith("frontend.") for path in paths)
 
 
 def export_pte(

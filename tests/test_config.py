@@ -1,0 +1,60 @@
+"""Recipes: YAML + dotted overrides -> validated dataclasses, with one clear error per mistake."""
+from __future__ import annotations
+
+import pytest
+
+from edgeast.config import ConfigError, load_config
+from edgeast.stages.recipe import Recipe
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_nested_recipe_and_overrides(tmp_path):
+    path = write(tmp_path, "name: x\nfinetune:\n  engine: {lr: 1e-3, betas: [0.9, 0.98]}\n")
+    r = load_config(Recipe, path, ["finetune.engine.epochs=7", "distill.student.size=student-96x6",
+                                   "teacher.overrides.depth=3", "stages=finetune,distill"])
+    assert r.name == "x"
+    assert r.finetune.engine.lr == pytest.approx(1e-3)      # "1e-3" is a string in YAML; numbers still parse
+    assert r.finetune.engine.betas == (0.9, 0.98)
+    assert r.finetune.engine.epochs == 7
+    assert r.distill.student.size == "student-96x6"
+    assert r.teacher.overrides == {"depth": 3}
+    assert r.stages == ["finetune", "distill"]
+
+
+def test_keyword_words_are_not_booleans(tmp_path):
+    r = load_config(Recipe, write(tmp_path, "data:\n  synth: {keywords: [yes, no, on, off]}\n"))
+    assert r.data.synth["keywords"] == ["yes", "no", "on", "off"]
+
+
+@pytest.mark.parametrize("text, override, message", [
+    ("finetune:\n  engin: {}\n", [], "unknown key 'finetune.engin'"),
+    ("finetune:\n  engine: {epochs: many}\n", [], "finetune.engine.epochs: expected an integer"),
+    ("", ["data.in_memory=maybe"], "data.in_memory: expected true/false"),
+    ("", ["finetune.engine.optimizer=sgd"], "engine.optimizer='sgd'"),
+    ("", ["stages=pretrain,deploy"], "unknown stage 'deploy'"),
+    ("", ["finetune.engine"], "not of the form key=value"),
+    ("- a list\n", [], "must be a YAML mapping"),
+])
+def test_errors_name_the_key(tmp_path, text, override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        load_config(Recipe, write(tmp_path, text), override)
+
+
+def test_missing_recipe_file(tmp_path):
+    with pytest.raises(ConfigError, match="recipe not found"):
+        load_config(Recipe, tmp_path / "nope.yaml")
+
+
+def test_shipped_recipes_load():
+    from pathlib import Path
+
+    recipes = sorted(Path(__file__).parent.parent.glob("train/recipes/*.yaml"))
+    assert recipes, "no recipes shipped"
+    for path in recipes:
+        r = load_config(Recipe, path)
+        assert r.name, path

@@ -1,0 +1,82 @@
+"""`edgeast train` end to end on a tiny synthetic set: stages, outputs, skipping, clear errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from edgeast.config import ConfigError, load_config
+from edgeast.models.checkpoint import load_model
+from edgeast.stages.pipeline import run_pipeline
+from edgeast.stages.recipe import Recipe
+
+TINY = [
+    "teacher.size=student-64x4", "teacher.overrides.depth=2",
+    "distill.student.size=student-64x4", "distill.student.overrides.depth=1",
+    "pretrain.engine.epochs=1", "pretrain.engine.batch_size=8",
+    "finetune.engine.epochs=2", "finetune.engine.batch_size=8",
+    "distill.engine.epochs=1", "distill.engine.batch_size=8",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(synth_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    recipe = load_config(Recipe, None, [f"data.root={synth_dataset}", f"run_dir={out}", *TINY])
+    return recipe, run_pipeline(recipe)
+
+
+def test_pipeline_writes_every_stage(tiny_run):
+    recipe, result = tiny_run
+    out = recipe.out
+    assert set(result.stages) == {"teacher", "student", "student_baseline"}
+    assert (out / "pretrain" / "model" / "model.safetensors").is_file()
+    for stage in ("teacher", "student", "student_baseline"):
+        model = load_model(out / stage / "model")
+        assert model.labels == ["yes", "no", "_unknown_", "_silence_"]
+        ev = json.loads((out / stage / "eval.json").read_text())
+        assert ev["test"]["accuracy"] == pytest.approx(result.stages[stage].test_acc)
+        assert (out / stage / "confusion_test.png").stat().st_size > 1000
+        assert (out / stage / "curves.png").is_file()
+        assert (out / stage / "metrics.csv").read_text().startswith("step")
+    # the teacher started from the pretraining checkpoint
+    provenance = json.loads((out / "teacher" / "model" / "config.json").read_text())["provenance"]
+    assert provenance["stage"] == "finetune"
+    s, t = result.stages["student"], result.stages["teacher"]
+    assert s.params < t.params and s.macs < t.macs
+    report = (out / "report.md").read_text()
+    assert "| teacher |" in report and "Distillation gain" in report
+
+
+def test_finished_stages_are_skipped(tiny_run):
+    recipe, _ = tiny_run
+    before = {s: (recipe.out / s / "model" / "model.safetensors").stat().st_mtime_ns
+              for s in ("pretrain", "teacher", "student", "student_baseline")}
+    run_pipeline(recipe)
+    after = {s: (recipe.out / s / "model" / "model.safetensors").stat().st_mtime_ns for s in before}
+    assert before == after
+
+
+def test_distill_without_teacher_fails_before_work(tmp_path, synth_dataset):
+    recipe = load_config(Recipe, None, [f"data.root={synth_dataset}", f"run_dir={tmp_path / 'r'}"])
+    with pytest.raises(ConfigError, match="distill needs a teacher"):
+        run_pipeline(recipe, ["distill"])
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_data_fails_before_work(tmp_path):
+    recipe = load_config(Recipe, None, [f"data.root={tmp_path / 'nothing'}", f"run_dir={tmp_path / 'r'}"])
+    with pytest.raises(ConfigError, match="data.root=.*nothing: no such folder"):
+        run_pipeline(recipe)
+
+
+def test_cli_reports_recipe_errors_in_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("finetune:\n  engine: {lr: fast}\n")
+    proc = subprocess.run([sys.executable, "-m", "edgeast.cli", "train", "--recipe", str(bad)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "finetune.engine.lr: expected a number" in proc.stderr
+    assert "Traceback" not in proc.stderr
