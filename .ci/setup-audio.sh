@@ -36,8 +36,10 @@ EOF
 fi
 
 # Root (CI containers) may run a per-user daemon; PulseAudio warns and works.
+# soxr-vhq: when a client asks for another rate (a 48 kHz capture), PulseAudio's
+# default resampler (speex-float-1) would dull the top of the 8 kHz band.
 if ! pactl info >/dev/null 2>&1; then
-    pulseaudio --daemonize=yes --exit-idle-time=-1 --disallow-exit=yes \
+    pulseaudio --daemonize=yes --exit-idle-time=-1 --disallow-exit=yes --resample-method=soxr-vhq \
         --log-target=stderr --log-level=error 2>/dev/null || true
     for _ in $(seq 50); do
         pactl info >/dev/null 2>&1 && break

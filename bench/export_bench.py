@@ -27,7 +27,7 @@ import torch
 
 from edgeast.audio.frontend import FrontendConfig, LogMelFrontend
 from edgeast.export.calibration import labelled_clips, probe_clips
-from edgeast.export.exporter import MODEL_FILES, ExportReport, export_model
+from edgeast.export.exporter import MODEL_FILES, ExportReport, export_model, mean_latency_ms
 from edgeast.models.ast import ASTClassifier, ast_config
 from edgeast.models.checkpoint import load_model
 from edgeast.models.keyword import KeywordModel
@@ -73,12 +73,7 @@ def eager_latency(model: KeywordModel, windows: torch.Tensor, threads: int) -> f
 
 def file_latency(path: Path, windows: np.ndarray, threads: int) -> float:
     backend = open_backend(path, num_threads=threads)  # dropped on return: ExecuTorch's pool may be resized next
-    for window in windows[:2]:
-        backend.infer(window)
-    start = time.perf_counter()
-    for window in windows:
-        backend.infer(window)
-    return (time.perf_counter() - start) * 1000 / len(windows)
+    return mean_latency_ms(backend, windows)
 
 
 def bench_model(name: str, model: KeywordModel, args, out: Path) -> list[dict]:

@@ -95,6 +95,11 @@ def test_clear_errors(paths, tmp_path):
     shutil.copy(paths["onnx"], tmp_path / "lonely.onnx")
     with pytest.raises(BackendError, match="no metadata sidecar"):
         open_backend(tmp_path / "lonely.onnx")
+    (tmp_path / "model.json").write_text('{"labels": ["yes", "no"]}')
+    for name, runtime in (("model.pte", "ExecuTorch"), ("model.onnx", "ONNX Runtime")):
+        (tmp_path / name).write_bytes(b"not a model")
+        with pytest.raises(BackendError, match=f"{runtime} cannot load"):
+            open_backend(tmp_path / name)
     with pytest.raises(BackendError, match="num_threads=0"):
         open_backend(paths["onnx"], num_threads=0)
     backend = open_backend(paths["onnx"])

@@ -10,8 +10,9 @@ import torch
 from onnx import numpy_helper
 
 from edgeast.audio.frontend import FrontendConfig, LogMelFrontend
+from edgeast.audio.io import save_audio
 from edgeast.export import executorch as et_export
-from edgeast.export.calibration import probe_clips
+from edgeast.export.calibration import labelled_clips, probe_clips
 from edgeast.export.exporter import ExportExistsError, ExportParityError, export_model
 from edgeast.export.metadata import ArtifactMeta
 from edgeast.export.onnx import read_embedded_meta
@@ -166,10 +167,8 @@ def test_failed_parity_ships_nothing_unless_forced(model, heldout, tmp_path):
     assert report.forced and not report.passed
     assert sorted(p.name for p in (tmp_path / "forced").iterdir()) == ["model.json", "model.onnx"]
     assert json.loads((tmp_path / "forced" / "model.json").read_text())["parity"]["forced"] is True
-
-
-def _dequantized(graph) -> set[str]:
-    return {out for node in graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    assert export_model(model, tmp_path / "forced", formats=["onnx"], heldout=heldout, overwrite=True).passed
+    assert json.loads((tmp_path / "forced" / "model.json").read_text())["parity"]["forced"] is False
 
 
 def test_onnx_int8_keeps_front_end_float(model, int8_export):
@@ -183,7 +182,7 @@ def test_onnx_int8_keeps_front_end_float(model, int8_export):
                  and (np.array_equal(v.reshape(array.shape), array) or np.array_equal(v.reshape(array.T.shape), array.T))]
         return [node for node in graph.node if set(node.input) & set(names)]
 
-    dequantized = _dequantized(graph)
+    dequantized = {out for node in graph.node if node.op_type == "DequantizeLinear" for out in node.output}
     for array, op_types in ((spectrum, {"Conv"}), (mel, {"MatMul", "Gemm"})):
         nodes = consumers_of(array)
         assert nodes and {node.op_type for node in nodes} <= op_types
@@ -206,3 +205,15 @@ def test_pte_int8_keeps_front_end_float(model):
             (frontend_ops if "frontend" in paths else classifier_ops).append(reads_quantized)
     assert len(frontend_ops) == 2 and not any(frontend_ops)  # DFT conv and mel matmul stay float
     assert classifier_ops and all(classifier_ops)  # patch conv and every Linear are int8
+
+
+def test_calibration_clips_are_balanced_and_in_model_label_order(tmp_path):
+    levels = {"go": 0.1, "stop": 0.2, "yes": 0.3}  # each class's files hold a constant at its own level
+    for label, level in levels.items():
+        for speaker in range(12):
+            save_audio(tmp_path / label / f"s{speaker}_nohash_0.wav", np.full(8000 + 800 * speaker, level, np.float32), 16000)
+    labels = ["stop", "go", "yes"]
+    waves, targets = labelled_clips(tmp_path, labels, "train", count=6)
+    assert waves.shape == (6, 16000) and sorted(targets.tolist()) == [0, 0, 1, 1, 2, 2]
+    for wave, target in zip(waves, targets):
+        assert wave[0].item() == pytest.approx(levels[labels[target]], abs=1e-3)  # padded at the end to 1 s

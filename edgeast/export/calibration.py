@@ -15,8 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from edgeast.data import BACKGROUND_NOISE, MANIFEST, TESTING_LIST, VALIDATION_LIST
-from edgeast.data.common import DatasetError
+from edgeast.data.common import DatasetError, class_folders
 
 
 def labelled_clips(
@@ -31,9 +30,10 @@ def labelled_clips(
 ) -> tuple[Tensor, Tensor]:
     """Up to `count` clips `[N, window_samples]` of `split`, balanced over classes, and their targets `[N]`.
 
-    Targets index `labels` (the model's label order). A Speech Commands layout
-    (or synthetic data in it) is read as such, any other folder as one
-    sub-folder per class. Unreadable files are skipped.
+    Targets index `labels` (the model's label order). A folder with a
+    sub-folder per label is read as such, else as the Speech Commands layout
+    (or synthetic data in it) with `_unknown_` / `_silence_`. Unreadable files
+    are skipped.
     """
     dataset = _open(Path(root), labels, split, window_samples / sample_rate, sample_rate)
     to_model = [labels.index(label) for label in dataset.labels]
@@ -59,19 +59,19 @@ def labelled_clips(
 
 
 def _open(root: Path, labels: list[str], split: str, clip_seconds: float, sample_rate: int):
+    """A folder-per-class dataset when every label has a folder, else the Speech Commands layout."""
     from edgeast.data.folders import FolderDataset
     from edgeast.data.speech_commands import SpeechCommands
 
     if not root.is_dir():
         raise DatasetError(f"{root}: no such data folder; give the folder the model was trained on")
-    speech_commands = any((root / name).exists() for name in (MANIFEST, VALIDATION_LIST, TESTING_LIST, BACKGROUND_NOISE))
-    if speech_commands:
-        for task in ("auto", "ks1", "35"):
-            dataset = SpeechCommands(root, split, task, sample_rate=sample_rate, clip_seconds=clip_seconds)
-            if sorted(dataset.labels) == sorted(labels):
-                return dataset
-        raise DatasetError(f"{root}: its classes do not match the model's labels {labels}")
-    return FolderDataset(root, split, labels=labels, sample_rate=sample_rate, clip_seconds=clip_seconds)
+    if set(labels) <= set(class_folders(root)):
+        return FolderDataset(root, split, labels=labels, sample_rate=sample_rate, clip_seconds=clip_seconds)
+    for task in ("auto", "ks1"):  # the tasks whose labels include _unknown_ / _silence_
+        dataset = SpeechCommands(root, split, task, sample_rate=sample_rate, clip_seconds=clip_seconds)
+        if sorted(dataset.labels) == sorted(labels):
+            return dataset
+    raise DatasetError(f"{root}: its classes do not match the model's labels {labels}; give the model's training data")
 
 
 def probe_clips(count: int, window_samples: int = 16000, sample_rate: int = 16000, seed: int = 0) -> Tensor:

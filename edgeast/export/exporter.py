@@ -157,7 +157,7 @@ def export_model(
                 f"({failed}; need {min_agreement:.1%}): nothing was written to {out_dir}; "
                 "check the calibration clips, or pass --force to keep the files"
             )
-        meta.parity = report.to_dict()
+        meta.parity = {k: v for k, v in report.to_dict().items() if k != "out_dir"}  # the folder may move
         meta.save(staging / SIDECAR)
         _publish(staging, out_dir, [MODEL_FILES[fmt] for fmt in formats])
         return report

@@ -32,8 +32,10 @@ INPUT_NAME = "wave"
 OUTPUT_NAME = "logits"
 META_KEY = "edgeast"
 FRONTEND_SCOPE = "frontend"
-# Ops whose weights carry the model's size and time; norms, softmax and
-# element-wise ops stay float (they cost little and quantize badly).
+# Ops with weights, which carry the model's size and time. Attention's
+# activation x activation MatMuls stay float (quantized, they cost accuracy and
+# saved no time; `MatMulConstBOnly` does not apply to QDQ), as do norms,
+# softmax and element-wise ops.
 QUANTIZED_OPS = ("MatMul", "Gemm", "Conv")
 
 
@@ -99,6 +101,14 @@ def frontend_node_names(fp32_proto, optimized_proto) -> list[str]:
     return sorted(names)
 
 
+def _activation_matmuls(proto) -> list[str]:
+    """MatMul nodes with no constant operand (attention's q @ k^T and weights @ v)."""
+    constants = {init.name for init in proto.graph.initializer}
+    constants |= {out for node in proto.graph.node if node.op_type == "Constant" for out in node.output}
+    return [node.name for node in proto.graph.node
+            if node.op_type == "MatMul" and not any(name in constants for name in node.input)]
+
+
 def _is_frontend(node) -> bool:
     for prop in node.metadata_props:
         if prop.key == "pkg.torch.onnx.name_scopes":
@@ -125,7 +135,8 @@ def _quantize(fp32_path: Path, work: Path, calib_waves: Tensor):
 
     prepared, quantized = work / "prepared.onnx", work / "int8.onnx"
     quant_pre_process(str(fp32_path), str(prepared))
-    excluded = frontend_node_names(onnx.load(fp32_path), onnx.load(prepared))
+    prepared_proto = onnx.load(prepared)
+    excluded = frontend_node_names(onnx.load(fp32_path), prepared_proto) + _activation_matmuls(prepared_proto)
     quantize_static(
         str(prepared), str(quantized), ClipReader(calib_waves, INPUT_NAME),
         quant_format=QuantFormat.QDQ, per_channel=True,

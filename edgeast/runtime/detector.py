@@ -4,8 +4,10 @@ The model classifies one fixed window (1 s by default). A stream is covered by
 sliding that window forward one hop (100 ms by default) at a time: each hop
 runs the model once, the softmax posteriors of the last few hops are averaged
 (smoothing removes one-window spikes), and a keyword fires when its smoothed
-score crosses its threshold, after which every keyword is silent for a
-refractory period (one utterance, one detection).
+score reaches its threshold. One utterance gives one detection: after a
+detection no keyword fires for a refractory period, and the keyword that
+fired stays disarmed until its score has dropped below its threshold again
+(a word stays in the sliding window for up to a second).
 
 Everything the detector keeps is preallocated when it is built (the window
 buffer, the posterior history), so memory stays flat however long it runs.
@@ -118,7 +120,7 @@ class StreamingDetector:
 
         # Keywords are the labels that may fire; filler classes (_unknown_, _silence_) never do.
         self.keyword_ids = np.array([self.labels.index(k) for k in meta.keywords()], dtype=np.int64)
-        self._thresholds = np.array([meta.threshold(self.labels[i]) for i in self.keyword_ids], dtype=np.float32)
+        self._thresholds = np.array([meta.threshold(self.labels[i]) for i in self.keyword_ids], dtype=np.float64)
         self._lock = threading.Lock()
         for label, value in (thresholds or {}).items():
             self.set_threshold(label, value)
@@ -155,6 +157,7 @@ class StreamingDetector:
         self._samples_seen = 0
         self._since_hop = 0
         self._quiet_until = 0  # sample index before which the refractory period holds
+        self._armed = np.ones(len(self.keyword_ids), dtype=bool)  # fired keywords re-arm below threshold
         self._windows_run = 0
         self._windows_skipped = 0
         self._infer_seconds = 0.0
@@ -222,13 +225,14 @@ class StreamingDetector:
         np.mean(self._history[: self._history_len] if self._history_len < self.smoothing_hops else self._history,
                 axis=0, out=self.smoothed)
 
-        if self._samples_seen < self._quiet_until or len(self.keyword_ids) == 0:
-            return None
         with self._lock:
             margin = self.smoothed[self.keyword_ids] - self._thresholds
-        best = int(np.argmax(margin))
-        if margin[best] < 0:
+        above = margin >= 0
+        self._armed |= ~above
+        if self._samples_seen < self._quiet_until or not (above & self._armed).any():
             return None
+        best = int(np.argmax(np.where(above & self._armed, margin, -np.inf)))
+        self._armed[best] = False
         self._quiet_until = self._samples_seen + self.refractory_samples
         label_id = int(self.keyword_ids[best])
         end = self._samples_seen

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, TextIO
 
@@ -20,6 +20,8 @@ import numpy as np
 
 from edgeast.audio.io import AudioError, load_audio
 from edgeast.runtime.detector import Backend, Detection, DetectorStats, StreamingDetector, WindowHook
+
+SILENCE_RMS = 2.0 ** -15  # one 16-bit step
 
 
 @dataclass
@@ -52,31 +54,42 @@ def stream_audio(
 ) -> list[Detection]:
     """Push one waveform through `detector` (from its current state) chunk by chunk.
 
-    A waveform shorter than one window is padded to it with silence, then
-    `tail_s` of silence follow (default: the smoothing span). With `realtime`,
-    each chunk is pushed no earlier than its time in the stream.
+    A waveform shorter than one window is centred in a window of silence (a
+    keyword clip sits mid-window in training too) and its detections are
+    reported on its own timeline; then `tail_s` of silence follow (default:
+    the smoothing span) so a keyword at the very end gets its full smoothing.
+    The silence is noise at the level of one 16-bit step, not digital zeros:
+    no microphone gives exact zeros, and a model that never heard them can
+    call them anything. With `realtime`, each chunk is pushed no earlier than
+    its time in the stream.
     """
     sr = detector.sample_rate
+    lead = max(0, detector.window_samples - len(audio)) // 2
     tail = detector.smoothing_hops * detector.hop_samples if tail_s is None else round(tail_s * sr)
-    total = max(len(audio), detector.window_samples) + tail
+    padded = max(len(audio), detector.window_samples)
+    total = padded + tail
     chunk = max(1, round(chunk_s * sr))
-    scratch = np.zeros(chunk, dtype=np.float32)  # the chunks that run past the audio into the tail
+    silence = (np.random.default_rng(0).standard_normal(chunk) * SILENCE_RMS).astype(np.float32)
+    scratch = np.empty(chunk, dtype=np.float32)  # the chunks that run past the audio into silence
     found: list[Detection] = []
     start = time.monotonic()
     for pos in range(0, total, chunk):
         n = min(chunk, total - pos)
-        if pos + n <= len(audio):
+        if lead == 0 and pos + n <= len(audio):
             piece = audio[pos:pos + n]
-        else:
-            have = max(0, len(audio) - pos)
-            scratch[:have] = audio[pos:pos + have]
-            scratch[have:] = 0.0
+        else:  # audio[i] sits at stream sample lead + i
+            scratch[:] = silence
+            lo, hi = max(pos, lead), min(pos + n, lead + len(audio))
+            if lo < hi:
+                scratch[lo - pos:hi - pos] = audio[lo - lead:hi - lead]
             piece = scratch[:n]
         if realtime:
             delay = start + (pos + n) / sr - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
         for det in detector.push(piece, on_window=on_window):
+            if lead:
+                det = replace(det, start_s=det.start_s - lead / sr, end_s=det.end_s - lead / sr)
             found.append(det)
             if on_detection is not None:
                 on_detection(det)

@@ -274,9 +274,10 @@ def score_stream(detector: StreamingDetector, audio: np.ndarray, chunk_s: float 
     """Run `detector` over `audio` once (from a reset) and keep every hop's smoothed keyword scores."""
     from edgeast.runtime.files import stream_audio
 
+    if len(audio) < detector.window_samples:
+        raise StreamEvalError(f"a test stream of {len(audio)} samples is shorter than one window; make it longer")
     detector.reset()
-    tail = detector.smoothing_hops * detector.hop_samples
-    total = max(len(audio), detector.window_samples) + tail  # what stream_audio pushes
+    total = len(audio) + detector.smoothing_hops * detector.hop_samples  # what stream_audio pushes
     hops = (total - detector.window_samples) // detector.hop_samples + 1
     ends = np.zeros(hops, np.int64)
     scores = np.zeros((hops, len(detector.keyword_ids)), np.float32)
@@ -296,20 +297,34 @@ def score_stream(detector: StreamingDetector, audio: np.ndarray, chunk_s: float 
 def replay(track: ScoreTrack, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The detections (hop indices, keyword indices) a live detector with `thresholds` [keywords] makes.
 
-    The rule is the detector's: at a hop outside the refractory period, the
-    keyword with the largest score-minus-threshold fires if that is >= 0.
+    The rule is the detector's: at a hop outside the refractory period, among
+    the keywords at or above their threshold and armed (not fired since their
+    score was last below it), the one with the largest margin fires.
     """
-    margin = track.scores - np.asarray(thresholds, np.float32)[None, :]
-    candidates = np.flatnonzero(margin.max(axis=1) >= 0)
+    margin = track.scores - np.asarray(thresholds, np.float64)[None, :]
+    above = margin >= 0
+    hops, k = above.shape
+    # next_below[h, j]: the first hop >= h at which keyword j is below its threshold (hops if none).
+    below_at = np.where(~above, np.arange(hops)[:, None], hops)
+    next_below = np.vstack([np.minimum.accumulate(below_at[::-1], axis=0)[::-1], np.full((1, k), hops)])
+    candidates = np.flatnonzero(above.any(axis=1))
     candidate_ends = track.ends[candidates]
-    hops, kws = [], []
+    last_fire = np.full(k, -1)
+    fired_hops, fired_kws = [], []
     i = 0
     while i < len(candidates):
         hop = candidates[i]
-        hops.append(hop)
-        kws.append(int(np.argmax(margin[hop])))
+        rearmed = next_below[last_fire + 1, np.arange(k)] < hop
+        eligible = above[hop] & ((last_fire < 0) | rearmed)
+        if not eligible.any():
+            i += 1
+            continue
+        best = int(np.argmax(np.where(eligible, margin[hop], -np.inf)))
+        fired_hops.append(hop)
+        fired_kws.append(best)
+        last_fire[best] = hop
         i = int(np.searchsorted(candidate_ends, track.ends[hop] + track.refractory_samples, side="left"))
-    return np.array(hops, np.int64), np.array(kws, np.int64)
+    return np.array(fired_hops, np.int64), np.array(fired_kws, np.int64)
 
 
 def match(track: ScoreTrack, hops: np.ndarray, kws: np.ndarray, events: list[KeywordEvent],
@@ -378,9 +393,9 @@ class StreamEval:
                  "| target FA/h | threshold | miss rate | FA/h seen | FA | latency median | resolved |",
                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for p in self.operating_points:
+            latency = "n/a" if math.isnan(p.latency_median_s) else f"{p.latency_median_s * 1000:.0f} ms"
             lines.append(f"| {p.target_fa_per_hour:g} | {p.threshold:.4f} | {p.miss_rate:.1%} | "
-                         f"{p.fa_per_hour:.2f} | {p.false_accepts} | {p.latency_median_s * 1000:.0f} ms | "
-                         f"{'yes' if p.resolved else 'no'} |")
+                         f"{p.fa_per_hour:.2f} | {p.false_accepts} | {latency} | {'yes' if p.resolved else 'no'} |")
         if not all(p.resolved for p in self.operating_points):
             lines += ["", f"Rows marked 'no': {self.hours:.2f} h of audio cannot show such a low rate (one false "
                           "accept would already exceed it); they give the miss rate at the lowest threshold with "

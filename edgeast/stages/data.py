@@ -19,26 +19,21 @@ class InMemory(Dataset):
     decoder would otherwise compete with the model for the same cores.
     """
 
-    def __init__(self, source: Dataset, labelled: bool = True) -> None:
+    def __init__(self, source: Dataset) -> None:
         items = [source[i] for i in range(len(source))]
         self.skipped = sum(item is None for item in items)
         items = [item for item in items if item is not None]
         if not items:
             raise DatasetError(f"{getattr(source, 'root', source)}: no readable clips")
-        if labelled:
-            self.waves = torch.stack([w for w, _ in items])
-            self.targets = [int(t) for _, t in items]
-        else:
-            self.waves = torch.stack(items)
-            self.targets = []
-        self.labelled = labelled
+        self.waves = torch.stack([w for w, _ in items])
+        self.targets = [int(t) for _, t in items]
         self.labels = getattr(source, "labels", [])
 
     def __len__(self) -> int:
         return len(self.waves)
 
     def __getitem__(self, i: int):
-        return (self.waves[i], self.targets[i]) if self.labelled else self.waves[i]
+        return self.waves[i], self.targets[i]
 
 
 def ensure_data(cfg: DataConfig, seed: int = 0) -> Path:
@@ -76,8 +71,7 @@ def unlabeled_set(cfg: DataConfig, clip_seconds: float = 1.0) -> Dataset:
     root = Path(cfg.root)
     folder = Path(cfg.unlabeled) if cfg.unlabeled else root / "_unlabeled_"
     if folder.is_dir():
-        ds = UnlabeledAudio(folder, clip_seconds)
-        return InMemory(ds, labelled=False) if cfg.in_memory else ds
+        return UnlabeledAudio(folder, clip_seconds)  # a fresh random crop per clip and epoch
     if cfg.unlabeled:
         raise DatasetError(f"data.unlabeled={folder}: no such folder of audio")
     return WavesOnly(labelled_split(cfg, "train"))

@@ -30,6 +30,7 @@ from edgeast.stages.evaluate import evaluate_model
 from edgeast.stages.recipe import Recipe
 
 console = Console()
+MAX_STATS_CLIPS = 5000  # normalization statistics settle long before this
 
 
 @dataclass
@@ -56,7 +57,8 @@ class PipelineResult:
 def check_recipe(recipe: Recipe, stages: list[str]) -> None:
     """Fail before any work on what can be known up front: paths, stage order."""
     data = Path(recipe.data.root)
-    if not (data.is_dir() or recipe.data.synthesize):
+    needs_root = "finetune" in stages or "distill" in stages or not recipe.data.unlabeled
+    if needs_root and not (data.is_dir() or recipe.data.synthesize):
         raise ConfigError(f"data.root={data}: no such folder (set data.synthesize=true for the synthetic set)")
     if recipe.data.unlabeled and not Path(recipe.data.unlabeled).is_dir():
         raise ConfigError(f"data.unlabeled={recipe.data.unlabeled}: no such folder")
@@ -68,14 +70,15 @@ def check_recipe(recipe: Recipe, stages: list[str]) -> None:
         raise ConfigError(f"distill needs a teacher: {teacher} does not exist; add 'finetune' to the stages")
 
 
-def fit_frontend(recipe: Recipe, train_set) -> FrontendConfig:
-    """The recipe's front end with mean/std measured on the training clips (cached in the run folder)."""
+def fit_frontend(recipe: Recipe, dataset) -> FrontendConfig:
+    """The recipe's front end with mean/std measured on `dataset`'s clips (cached in the run folder)."""
     cache = recipe.out / "frontend.json"
     if cache.is_file():
         return FrontendConfig(**json.loads(cache.read_text()))
     cfg = recipe.frontend
-    if recipe.fit_normalization:
-        waves = (train_set[i][0] for i in range(len(train_set)) if train_set[i] is not None)
+    if recipe.fit_normalization and dataset is not None:
+        items = (dataset[i] for i in range(min(len(dataset), MAX_STATS_CLIPS)))
+        waves = (item[0] if isinstance(item, tuple) else item for item in items if item is not None)
         mean, std = compute_stats(waves, cfg)
         cfg = replace(cfg, mean=mean, std=std)
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -111,24 +114,30 @@ def run_pipeline(recipe: Recipe, stages: list[str] | None = None, resume: bool =
     out = recipe.out
     # Under torchrun every rank runs this function; one-off work (synthesis, reports) is rank 0's.
     ctx = setup_distributed(recipe.finetune.engine.device)
+    labelled = "finetune" in stages or "distill" in stages
+    pretrain_dir = out / "pretrain" / "model"
+    pretraining = "pretrain" in stages and recipe.pretrain.enabled and not pretrain_dir.is_dir()
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
-        ensure_data(recipe.data, recipe.seed)
+        if labelled or not recipe.data.unlabeled:
+            ensure_data(recipe.data, recipe.seed)
     barrier(ctx)
     torch.manual_seed(recipe.seed)
     root = Path(recipe.data.root)
-    train_set = labelled_split(recipe.data, "train")
-    val_set = labelled_split(recipe.data, "val")
-    test_set = labelled_split(recipe.data, "test")
-    labels = list(train_set.labels)
+    if labelled:
+        train_set, val_set, test_set = (labelled_split(recipe.data, split) for split in ("train", "val", "test"))
+        labels = list(train_set.labels)
+        console.print(f"[bold]data[/] {root}: {len(train_set)} train / {len(val_set)} val / {len(test_set)} test "
+                      f"clips, {len(labels)} classes")
+    unlabeled = unlabeled_set(recipe.data) if pretraining else None
     if ctx.is_main:
-        fit_frontend(recipe, train_set)
+        fit_frontend(recipe, train_set if labelled else unlabeled)
     barrier(ctx)
-    frontend = fit_frontend(recipe, train_set)
+    frontend = fit_frontend(recipe, None)
     noise = noise_bank(root, frontend.sample_rate)
-    console.print(f"[bold]data[/] {root}: {len(train_set)} train / {len(val_set)} val / {len(test_set)} test clips, "
-                  f"{len(labels)} classes; normalization mean {frontend.mean:.3f} std {frontend.std:.3f}")
+    console.print(f"front end: {frontend.num_mel_bins} mel x {frontend.num_frames} frames, "
+                  f"normalization mean {frontend.mean:.3f} std {frontend.std:.3f}")
     result = PipelineResult(out)
 
     def evaluator(model_of):
@@ -136,13 +145,11 @@ def run_pipeline(recipe: Recipe, stages: list[str] | None = None, resume: bool =
             return {"val_acc": evaluate_model(model_of(trainee), val_set).accuracy}
         return evaluate
 
-    pretrain_dir = out / "pretrain" / "model"
-    if "pretrain" in stages and recipe.pretrain.enabled and not pretrain_dir.is_dir():
+    if pretraining:
         from edgeast.stages.pretrain import run_pretrain
 
         console.rule(f"pretrain ({recipe.pretrain.objective})")
-        run_pretrain(recipe.pretrain, recipe.teacher, frontend, unlabeled_set(recipe.data), out / "pretrain",
-                     resume=resume)
+        run_pretrain(recipe.pretrain, recipe.teacher, frontend, unlabeled, out / "pretrain", resume=resume)
 
     teacher_dir = out / "teacher"
     if "finetune" in stages and recipe.finetune.enabled:
