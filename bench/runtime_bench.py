@@ -96,6 +96,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         dirs = args.artifact_dir or random_exports(Path(tmp), args.size)
         files = model_files(dirs)
+        names = {f: label(f) for f in files}
         rng = np.random.default_rng(0)
         audio = (rng.standard_normal(int(args.seconds * 16000)) * 0.03).astype(np.float32)
         rounds: dict[Path, list[tuple[float, float]]] = {f: [] for f in files}
@@ -133,7 +134,7 @@ def main() -> None:
             point, hours, events = accuracy[f]
             miss = f"{point.miss_rate:.1%}" + ("" if point.resolved else f" (unresolved, {hours:.2f} h)")
             latency = "n/a" if np.isnan(point.latency_median_s) else f"{point.latency_median_s * 1000:.0f} ms"
-        print(f"| {label(f)} | {f.parent.name}/{f.name} | {rtf[f]:.4f} | {infer[f]:.2f} | {overhead:.2f} ms/hop "
+        print(f"| {names[f]} | {f.parent.name}/{f.name} | {rtf[f]:.4f} | {infer[f]:.2f} | {overhead:.2f} ms/hop "
               f"| {miss} | {latency} |")
     if accuracy:
         point, hours, events = next(iter(accuracy.values()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from edgeast.config import ConfigError, load_config
+from edgeast.stages.pipeline import validate_sections
 from edgeast.stages.recipe import Recipe
 
 
@@ -57,4 +58,17 @@ def test_shipped_recipes_load():
     assert recipes, "no recipes shipped"
     for path in recipes:
         r = load_config(Recipe, path)
+        validate_sections(r)  # model sizes/overrides, objective and synth settings
         assert r.name, path
+
+
+@pytest.mark.parametrize("override, message", [
+    ("teacher.size=huge", "teacher: unknown AST size 'huge'"),
+    ("distill.student.overrides.depthh=3", "distill.student: .*depthh"),
+    ("pretrain.objective=byol", "pretrain.objective='byol'"),
+    ("pretrain.objective_cfg.mask_ration=0.5", "pretrain.objective_cfg: .*mask_ration"),
+    ("data.synth.speakers=many", "data.synth: .*speakers"),
+])
+def test_free_form_sections_are_checked(override, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_sections(load_config(Recipe, None, [override]))

@@ -54,8 +54,32 @@ class PipelineResult:
     stages: dict[str, StageSummary] = field(default_factory=dict)
 
 
+def validate_sections(recipe: Recipe) -> None:
+    """The free-form parts of a recipe (model overrides, objective and synth settings) are valid."""
+    from edgeast.config import from_dict
+    from edgeast.data.synth import SynthConfig
+    from edgeast.models.ast import ast_config
+    from edgeast.models.objectives import OBJECTIVES
+
+    for key, model in (("teacher", recipe.teacher), ("distill.student", recipe.distill.student)):
+        try:
+            ast_config(model.size, **model.overrides)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{key}: {e}") from None
+    objective = recipe.pretrain.objective
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"pretrain.objective={objective!r}: use one of {', '.join(OBJECTIVES)}")
+    for key, cls, values in (("pretrain.objective_cfg", OBJECTIVES[objective][0], recipe.pretrain.objective_cfg),
+                             ("data.synth", SynthConfig, recipe.data.synth)):
+        try:
+            from_dict(cls, values)
+        except (ConfigError, TypeError, ValueError) as e:
+            raise ConfigError(f"{key}: {e}") from None
+
+
 def check_recipe(recipe: Recipe, stages: list[str]) -> None:
-    """Fail before any work on what can be known up front: paths, stage order."""
+    """Fail before any work on what can be known up front: settings, paths, stage order."""
+    validate_sections(recipe)
     data = Path(recipe.data.root)
     needs_root = "finetune" in stages or "distill" in stages or not recipe.data.unlabeled
     if needs_root and not (data.is_dir() or recipe.data.synthesize):
