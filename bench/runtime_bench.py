@@ -35,7 +35,6 @@ from edgeast.export.exporter import export_model
 from edgeast.export.metadata import ArtifactMeta
 from edgeast.models.ast import ASTClassifier, ast_config
 from edgeast.models.keyword import KeywordModel
-from edgeast.runtime.backends import open_backend
 from edgeast.runtime.detector import StreamingDetector
 from edgeast.runtime.files import stream_audio
 from edgeast.runtime.wakeword import StreamConfig, build_test_streams, score_stream, sweep

@@ -13,10 +13,11 @@ from edgeast.audio.frontend import FrontendConfig, LogMelFrontend
 from edgeast.audio.io import save_audio
 from edgeast.export import executorch as et_export
 from edgeast.export.calibration import labelled_clips, probe_clips
-from edgeast.export.exporter import ExportExistsError, ExportParityError, export_model
+from edgeast.export.exporter import ExportExistsError, ExportParityError, export_checkpoint, export_model
 from edgeast.export.metadata import ArtifactMeta
 from edgeast.export.onnx import read_embedded_meta
 from edgeast.models.ast import ASTClassifier, ASTConfig
+from edgeast.models.checkpoint import save_model
 from edgeast.models.keyword import KeywordModel
 from edgeast.runtime.backends import open_backend
 
@@ -217,3 +218,17 @@ def test_calibration_clips_are_balanced_and_in_model_label_order(tmp_path):
     assert waves.shape == (6, 16000) and sorted(targets.tolist()) == [0, 0, 1, 1, 2, 2]
     for wave, target in zip(waves, targets):
         assert wave[0].item() == pytest.approx(levels[labels[target]], abs=1e-3)  # padded at the end to 1 s
+
+
+def test_export_checkpoint_calibrates_and_checks_on_its_dataset(model, tmp_path):
+    labels = ["low", "mid", "high", "top"]  # folder names (a folder dataset has no filler classes)
+    waves, targets = tone_set(80, seed=6)
+    for i, (wave, target) in enumerate(zip(waves, targets.tolist())):
+        save_audio(tmp_path / "data" / labels[target] / f"s{i}_nohash_0.wav", wave.numpy(), 16000)
+    save_model(model, tmp_path / "checkpoint", labels=labels)
+    report = export_checkpoint(tmp_path / "checkpoint", tmp_path / "out", data=tmp_path / "data", int8=True,
+                               formats=["onnx"], min_agreement=0.9)
+    assert report.clip_source == "heldout" and 0 < report.clips < 40  # the test split only
+    assert report.reference_accuracy is not None and report.results[0].accuracy is not None
+    meta = ArtifactMeta.load(tmp_path / "out" / "model.onnx")
+    assert meta.labels == labels and meta.int8 and meta.source == str(tmp_path / "checkpoint")

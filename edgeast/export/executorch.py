@@ -12,6 +12,12 @@ matters more than their cost. Residual adds, norms and attention stay float
 too: quantizing the adds as well (the quantizer's global config) tripled the
 mean logit error and saved no time.
 
+Attention is lowered as plain `softmax(q k^T * scale) v`: the default
+decomposition of `scaled_dot_product_attention` guards fully masked rows with
+any/where/logical_not ops that XNNPACK does not run, which split every block
+into several delegate calls (plain attention measured 20-24 % faster for a
+64x4 student, fp32 and int8, and lowers faster).
+
 Why a filter rather than `set_module_name("classifier", ...)`: that filter
 is also applied to a conv's weight node, a `get_attr` that carries no module
 stack, so the classifier's patch-embedding conv would silently stay float.
@@ -19,6 +25,7 @@ stack, so the classifier's patch-embedding conv would silently stay float.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -58,6 +65,13 @@ def _outside_frontend(node: torch.fx.Node) -> bool:
     return not any(path == "frontend" or path.startswith("frontend.") for path in paths)
 
 
+def _plain_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    if attn_mask is not None or is_causal or dropout_p or enable_gqa:
+        raise ValueError("the .pte export lowers unmasked attention only (no mask, causal, dropout or GQA)")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    return torch.softmax((q * scale) @ k.transpose(-2, -1), dim=-1) @ v
+
+
 def export_pte(
     model: nn.Module,
     path: str | Path,
@@ -82,7 +96,9 @@ def export_pte(
         if calib_waves is None:
             raise ValueError("int8 export needs calibration clips (calib_waves); pass clips from the training data")
         model = quantize_classifier(model, example, calib_waves)
-    program = torch.export.export(model, (example,), strict=False)
+    program = torch.export.export(model, (example,), strict=False).run_decompositions(
+        {torch.ops.aten.scaled_dot_product_attention.default: _plain_attention}
+    )
     constants = dict(
         sample_rate=sample_rate, window_samples=window_samples, num_classes=num_classes,
         format_version=format_version,

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from edgeast.export.calibration import probe_clips
+from edgeast.export.calibration import labelled_clips, probe_clips
 from edgeast.export.executorch import export_pte
 from edgeast.export.metadata import FORMAT_VERSION, ArtifactMeta
 from edgeast.export.onnx import export_onnx
@@ -32,6 +32,8 @@ from edgeast.runtime.backends import Backend, ExecuTorchBackend, OnnxBackend
 MODEL_FILES = {"pte": "model.pte", "onnx": "model.onnx"}
 SIDECAR = "model.json"
 PROBE_CLIPS = 64  # parity clips when neither held-out nor calibration clips are given
+CALIB_CLIPS = 128  # from the training split, class balanced
+HELDOUT_CLIPS = 400  # from the test split, class balanced
 
 
 class ExportError(ValueError):
@@ -163,6 +165,37 @@ def export_model(
         return report
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    *,
+    data=None,
+    int8: bool = False,
+    calib_clips: int = CALIB_CLIPS,
+    heldout_clips: int = HELDOUT_CLIPS,
+    **options,
+) -> ExportReport:
+    """`export_model` of a checkpoint directory, with clips from its dataset.
+
+    `data` is the dataset folder (or a recipe's `DataConfig`, by its `root`):
+    calibration clips come from its train split, parity clips from its test
+    split. Without `data`, parity runs on synthetic probes and int8 is refused.
+    `options` go to `export_model` (formats, window_samples, min_agreement, force, overwrite).
+    """
+    from edgeast.models.checkpoint import load_model
+
+    model = load_model(checkpoint)
+    calib = heldout = None
+    if data is not None:
+        root = getattr(data, "root", data)
+        window = options.get("window_samples", 16000)
+        sample_rate = model.frontend.cfg.sample_rate
+        clips = dict(window_samples=window, sample_rate=sample_rate)
+        calib, _ = labelled_clips(root, model.labels, "train", calib_clips, **clips)
+        heldout = labelled_clips(root, model.labels, "test", heldout_clips, seed=1, **clips)
+    return export_model(model, out_dir, int8=int8, calib_waves=calib, heldout=heldout, source=str(checkpoint), **options)
 
 
 def artifact_meta(model: nn.Module, *, window_samples: int, int8: bool, formats: list[str], source: str) -> ArtifactMeta:

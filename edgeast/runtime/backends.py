@@ -84,7 +84,8 @@ class ExecuTorchBackend(Backend):
             portable_lib._unsafe_reset_threadpool(num_threads)
         self.num_threads = portable_lib._threadpool_get_thread_count()
         try:
-            self._forward = Runtime.get().load_program(path).load_method("forward")
+            self._program = Runtime.get().load_program(path)  # kept: the method must not outlive it
+            self._forward = self._program.load_method("forward")
         except (RuntimeError, ValueError) as err:
             raise BackendError(f"{path}: ExecuTorch cannot load this program ({err}); re-export it") from err
         self._live.add(self)
