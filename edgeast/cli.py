@@ -139,6 +139,88 @@ def synth(out: Path = typer.Argument(..., help="output dataset folder"),
     _run(synthesize_dataset, out, cfg)
 
 
+def _thresholds(items: list[str] | None) -> dict[str, float] | None:
+    """`kw=0.8` strings -> {kw: 0.8}."""
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key.strip():
+            _fail(ValueError(f"--threshold {item!r}: use keyword=score, e.g. --threshold yes=0.8"))
+    return out
+
+
+THRESHOLD = typer.Option(None, "--threshold", "-t", help="per-keyword threshold kw=0.8 (repeatable)")
+HOP = typer.Option(None, "--hop", help="seconds between windows (default: the model's, 0.1)")
+
+
+@app.command()
+def listen(artifact: Path = typer.Argument(..., help=".pte, .onnx or checkpoint directory"),
+           device: Optional[str] = typer.Option(None, help="input device index or name (see `edgeast devices`)"),
+           threshold: Optional[list[str]] = THRESHOLD, hop: Optional[float] = HOP,
+           save_detections: Optional[Path] = typer.Option(None, help="write each detection's audio here"),
+           record: Optional[Path] = typer.Option(None, help="also record everything heard to this wav"),
+           duration: Optional[float] = typer.Option(None, help="stop after this many seconds"),
+           as_json: bool = typer.Option(False, "--json", help="JSON lines instead of the live view"),
+           vad_db: Optional[float] = typer.Option(None, help="skip windows quieter than this (dBFS)")):
+    """Live keyword spotting from the microphone (Ctrl-C to stop)."""
+    from edgeast.runtime.microphone import listen as run
+
+    dev = int(device) if device is not None and device.isdigit() else device
+    _run(run, artifact, device=dev, thresholds=_thresholds(threshold), save_detections=save_detections,
+         record=record, duration_s=duration, json_lines=as_json, live=not as_json, hop_s=hop, vad_threshold_db=vad_db)
+
+
+@app.command()
+def devices():
+    """The audio input devices `edgeast listen` can open."""
+    from edgeast.runtime.microphone import list_devices
+
+    for d in _run(list_devices):
+        mark = "*" if d.is_default else " "
+        print(f"{mark} {d.index:3d}  {d.name}  ({d.host_api}, {d.channels} ch, {d.default_rate:.0f} Hz)")
+
+
+@app.command()
+def stream(artifact: Path = typer.Argument(..., help=".pte, .onnx or checkpoint directory"),
+           files: list[Path] = typer.Argument(..., help="audio files"),
+           realtime: bool = typer.Option(False, help="pace the stream in real time"),
+           as_json: bool = typer.Option(False, "--json", help="JSON lines of detections"),
+           threshold: Optional[list[str]] = THRESHOLD, hop: Optional[float] = HOP):
+    """Run the streaming detector over audio files."""
+    from edgeast.runtime.files import stream_files
+
+    report = _run(stream_files, artifact, files, realtime=realtime, json_lines=as_json,
+                  thresholds=_thresholds(threshold), hop_s=hop)
+    if not as_json:
+        for file, detections in report.detections.items():
+            for d in detections:
+                print(f"{file}\t{d.start_s:8.2f}-{d.end_s:.2f} s\t{d.keyword}\t{d.score:.3f}")
+        console.print(f"real-time factor {report.real_time_factor:.4f}; {report.skipped} unreadable file(s) skipped")
+
+
+@app.command("eval-stream")
+def eval_stream(artifact: Path = typer.Argument(..., help=".pte or .onnx (calibration writes its model.json)"),
+                data: Path = typer.Option(..., help="dataset whose test split gives the keyword clips"),
+                out: Path = typer.Option(Path("runs/eval_stream"), help="report folder"),
+                minutes: float = typer.Option(10.0, help="minutes of keyword stream and of keyword-free stream"),
+                snr_db: float = typer.Option(10.0, help="speech-to-noise ratio"),
+                target_fa: float = typer.Option(1.0, help="false accepts per hour to calibrate thresholds for"),
+                calibrate: bool = typer.Option(False, help="write the calibrated thresholds into the model's sidecar")):
+    """Wake-word metrics: miss rate vs false accepts per hour, DET curve, threshold calibration."""
+    from edgeast.runtime.wakeword import StreamConfig, eval_stream as run
+
+    cfg = StreamConfig(keyword_minutes=minutes, background_minutes=minutes, snr_db=snr_db)
+    result = _run(run, artifact, data, out, cfg=cfg, target_fa_per_hour=target_fa, write_calibration=calibrate)
+    print(result.to_markdown())
+    console.print(f"report: {out / 'report.md'}, DET curve: {out / 'det.png'}")
+
+
 @app.command()
 def demo(run_dir: Path = typer.Option(Path("runs/quickstart"), help="where the run goes"),
          recipe: Path = typer.Option(Path("train/recipes/quickstart.yaml")),

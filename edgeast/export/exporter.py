@@ -189,7 +189,7 @@ def export_checkpoint(
     model = load_model(checkpoint)
     calib = heldout = None
     if data is not None:
-        root = getattr(data, "root", data)
+        root = data if isinstance(data, (str, Path)) else data.root
         window = options.get("window_samples", 16000)
         sample_rate = model.frontend.cfg.sample_rate
         clips = dict(window_samples=window, sample_rate=sample_rate)
