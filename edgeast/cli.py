@@ -139,6 +139,26 @@ def synth(out: Path = typer.Argument(..., help="output dataset folder"),
     _run(synthesize_dataset, out, cfg)
 
 
+@app.command("export")
+def export_(checkpoint: Path = typer.Argument(..., help="checkpoint directory (e.g. runs/quickstart/student/model)"),
+            out: Path = typer.Option(Path("runs/export"), help="output folder for model.pte / model.onnx / model.json"),
+            int8: bool = typer.Option(False, "--int8", help="quantize the encoder to int8 (front end stays float)"),
+            fmt: str = typer.Option("pte,onnx", "--format", help="comma list of pte, onnx"),
+            calib: Optional[Path] = typer.Option(None, help="training data: calibration (train split) and parity "
+                                                            "(test split) clips; needed for --int8"),
+            window: float = typer.Option(1.0, help="input window in seconds"),
+            min_agreement: float = typer.Option(0.99, help="int8 top-1 agreement below this fails the export"),
+            overwrite: bool = typer.Option(False, help="replace model files in an existing output folder"),
+            force: bool = typer.Option(False, help="keep files that fail the parity check")):
+    """Export a checkpoint to a self-contained ExecuTorch (.pte, XNNPACK) and/or ONNX model on raw PCM."""
+    from edgeast.export.exporter import export_checkpoint
+
+    report = _run(export_checkpoint, checkpoint, out, data=calib, int8=int8,
+                  formats=[f.strip() for f in fmt.split(",") if f.strip()], window_samples=round(window * 16000),
+                  min_agreement=min_agreement, overwrite=overwrite, force=force)
+    Console().print(report.table())
+
+
 def _thresholds(items: list[str] | None) -> dict[str, float] | None:
     """`kw=0.8` strings -> {kw: 0.8}."""
     if not items:

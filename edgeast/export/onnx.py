@@ -57,9 +57,7 @@ def export_onnx(
     with tempfile.TemporaryDirectory(prefix=".onnx-work-", dir=path.parent) as work:
         fp32_path = Path(work) / "fp32.onnx"
         _export_fp32(model, fp32_path, window_samples)
-        proto = onnx.load(fp32_path)
-        if int8:
-            proto = _quantize(fp32_path, Path(work), calib_waves)
+        proto = _quantize(fp32_path, Path(work), calib_waves) if int8 else onnx.load(fp32_path)
         del proto.metadata_props[:]
         proto.metadata_props.add(key=META_KEY, value=meta_json)
         onnx.checker.check_model(proto, full_check=True)
