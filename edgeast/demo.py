@@ -32,6 +32,7 @@ def export_student(recipe: Recipe) -> dict:
 
     out = recipe.out / "export"
     report = export_checkpoint(recipe.out / "student" / "model", out, int8=True, data=recipe.data, overwrite=True)
+    console.print(report.table())
     return report.to_dict()
 
 

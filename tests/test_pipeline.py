@@ -80,3 +80,24 @@ def test_cli_reports_recipe_errors_in_one_line(tmp_path):
     assert proc.returncode == 2
     assert "finetune.engine.lr: expected a number" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_distill_with_cached_teacher_logits(tiny_run, tmp_path):
+    """Teacher logits computed once on clean clips drive the same distillation loss."""
+    from dataclasses import replace
+
+    import torch
+
+    from edgeast.stages.data import labelled_split
+    from edgeast.stages.distill import run_distill, teacher_logits
+
+    recipe, _ = tiny_run
+    teacher = load_model(recipe.out / "teacher" / "model")
+    train = labelled_split(recipe.data, "train")
+    cached = teacher_logits(teacher, train)
+    with torch.no_grad():
+        assert torch.allclose(cached[:4], teacher(train.waves[:4]), atol=1e-5)
+    cfg = replace(recipe.distill, cache_teacher=True)
+    student, result = run_distill(cfg, teacher, train, tmp_path / "cached")
+    assert result.steps > 0 and (tmp_path / "cached" / "model" / "model.safetensors").is_file()
+    assert student.labels == teacher.labels

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from edgeast.data.common import DatasetError, collate_skip_none
+from edgeast.data.common import DatasetError
 from edgeast.data.folders import FolderDataset, UnlabeledAudio
 from edgeast.data.speech_commands import SpeechCommands
 from edgeast.stages.recipe import DataConfig
@@ -74,14 +74,14 @@ def unlabeled_set(cfg: DataConfig, clip_seconds: float = 1.0) -> Dataset:
         return UnlabeledAudio(folder, clip_seconds)  # a fresh random crop per clip and epoch
     if cfg.unlabeled:
         raise DatasetError(f"data.unlabeled={folder}: no such folder of audio")
-    return WavesOnly(labelled_split(cfg, "train"))
+    return Mapped(labelled_split(cfg, "train"), wave_only)
 
 
-class WavesOnly(Dataset):
-    """A labelled dataset seen without its labels (pretraining on the keyword clips)."""
+class Mapped(Dataset):
+    """`fn(item, index)` over a dataset's items; None (a skipped file) passes through."""
 
-    def __init__(self, source: Dataset) -> None:
-        self.source = source
+    def __init__(self, source: Dataset, fn) -> None:
+        self.source, self.fn = source, fn
         self.skipped = getattr(source, "skipped", 0)
 
     def __len__(self) -> int:
@@ -89,7 +89,16 @@ class WavesOnly(Dataset):
 
     def __getitem__(self, i: int):
         item = self.source[i]
-        return None if item is None else item[0]
+        return None if item is None else self.fn(item, i)
 
 
-collate = collate_skip_none
+def wave_only(item, index):
+    """A labelled item seen without its label (pretraining on the keyword clips)."""
+    return item[0]
+
+
+def with_index(item, index):
+    """A labelled item that carries its index (to look up cached teacher logits)."""
+    return (*item, index)
+
+

@@ -24,6 +24,7 @@ from edgeast.engine.distributed import barrier
 from edgeast.engine.trainer import Trainer
 from edgeast.models.checkpoint import save_model
 from edgeast.models.keyword import KeywordModel
+from edgeast.stages.data import Mapped, with_index
 from edgeast.stages.finetune import FinetuneConfig, KeywordTrainee, build_classifier
 from edgeast.stages.recipe import DistillConfig
 
@@ -59,21 +60,6 @@ def copy_teacher_layers(student, teacher) -> None:
         if not k.startswith("encoder.blocks.") and k in student.state_dict() and student.state_dict()[k].shape == v.shape:
             state[k] = v
     student.load_state_dict(state, strict=False)
-
-
-class Indexed(Dataset):
-    """Items carry their index, so cached teacher logits can be looked up."""
-
-    def __init__(self, source: Dataset) -> None:
-        self.source = source
-        self.skipped = getattr(source, "skipped", 0)
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, i: int):
-        item = self.source[i]
-        return None if item is None else (*item, i)
 
 
 @torch.no_grad()
@@ -145,7 +131,7 @@ def run_distill(cfg: DistillConfig, teacher: KeywordModel, train_set, out: Path,
     if with_teacher:
         cached = teacher_logits(teacher, train_set) if cfg.cache_teacher else None
         trainee = DistillTrainee(student, teacher, cfg, noise_bank, cached)
-        data = Indexed(train_set) if cached is not None else train_set
+        data = Mapped(train_set, with_index) if cached is not None else train_set
     else:
         trainee, data = KeywordTrainee(student, as_finetune(cfg), noise_bank), train_set
     trainer = Trainer(cfg.engine, trainee, data, out, evaluate=evaluate, name="distill" if with_teacher else "student")
