@@ -101,3 +101,25 @@ def test_distill_with_cached_teacher_logits(tiny_run, tmp_path):
     student, result = run_distill(cfg, teacher, train, tmp_path / "cached")
     assert result.steps > 0 and (tmp_path / "cached" / "model" / "model.safetensors").is_file()
     assert student.labels == teacher.labels
+
+
+def test_train_fine_tunes_an_imported_ssast_checkpoint(synth_dataset, tmp_path):
+    """`edgeast import ssast` then `edgeast train` with finetune.init=<imported>: positions adapted, encoder reused."""
+    import torch
+
+    from edgeast.models.importers import import_checkpoint
+    from test_import import ssast_state
+
+    sd = ssast_state(dim=16, depth=1, input_tdim=1024)  # pretrained on 1024 frames, fine-tuned on 100
+    torch.save(sd, tmp_path / "ssast.pth")
+    imported = import_checkpoint("ssast", tmp_path / "ssast.pth", tmp_path / "imported", num_heads=2)
+    recipe = load_config(Recipe, None, [f"data.root={synth_dataset}", f"run_dir={tmp_path / 'run'}",
+                                        f"finetune.init={imported}", "finetune.engine.max_steps=2",
+                                        "finetune.engine.batch_size=8", "finetune.engine.lr=0"])
+    result = run_pipeline(recipe, ["finetune"])
+    teacher = load_model(tmp_path / "run" / "teacher" / "model")
+    assert teacher.labels == ["yes", "no", "_unknown_", "_silence_"]
+    assert teacher.classifier.cfg.num_frames == 100 and "teacher" in result.stages
+    # lr 0: the block weights are exactly the imported ones
+    torch.testing.assert_close(teacher.classifier.encoder.blocks[0].attn.qkv.weight,
+                               sd["module.v.blocks.0.attn.qkv.weight"])
