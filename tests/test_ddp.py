@@ -40,7 +40,7 @@ def job(out: Path) -> None:
     result = robust.fit()
     torch.save({"clean": clean.module.state_dict(), "robust": robust.module.state_dict(),
                 "skipped_bad_files": result.skipped_bad_files, "steps": result.steps,
-                "rng_ranks": len(torch.load(out / "robust" / "checkpoint" / "train_state.pt")["rng"])},
+                "rng_ranks": len(torch.load(out / "robust" / "checkpoint" / "train_state.pt", weights_only=True)["rng"])},
                out / f"rank{rank}.pt")
 
 
@@ -59,7 +59,7 @@ def test_two_process_gloo_ddp(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            __file__, str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
     for part in ("clean", "robust"):
         for name, w in r0[part].items():
             assert torch.equal(w, r1[part][name]), f"{part}: {name} differs between the ranks"

@@ -53,8 +53,8 @@ def read_torch_file(path: str | Path) -> dict:
             raise CheckpointError(f"{path} is not a readable PyTorch file ({str(err).strip()})") from err
         raise CheckpointError(
             f"{path} needs unpickling of arbitrary Python objects ({unsupported.group(1)}), which edgeast refuses; "
-            "if you trust the file, re-save only its tensors and plain dicts, e.g. for fairseq: "
-            "c = torch.load(f, weights_only=False); torch.save({'model': c['model'], 'cfg': c['cfg']}, out)"
+            "if you trust the file, load it yourself with weights_only disabled and re-save only its tensors "
+            "and plain dicts (for fairseq: torch.save({'model': c['model'], 'cfg': c['cfg']}, out))"
         ) from err
     except (RuntimeError, OSError, EOFError) as err:
         raise CheckpointError(f"{path} is not a readable PyTorch file ({err})") from err
