@@ -32,8 +32,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.nn.utils import clip_grads_with_norm_, get_total_norm
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset
 
+from edgeast.data.common import collate_skip_none
 from edgeast.engine.config import EngineConfig
 from edgeast.engine.distributed import (all_gather_objects, all_ranks_agree, all_reduce_sum, barrier,
                                         broadcast_object, setup_distributed)
@@ -60,12 +61,6 @@ class FitResult:
     skipped_bad_files: int          # samples the collate dropped (bad files), all ranks, every epoch
     wall_time_s: float              # training time over all sessions of the run
     history: Path                   # metrics.csv
-
-
-def collate_dropping_none(items: list) -> object:
-    """default_collate after dropping the None items of bad files; None if none is left."""
-    kept = [item for item in items if item is not None]
-    return default_collate(kept) if kept else None
 
 
 def default_param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
@@ -166,7 +161,7 @@ class Trainer:
         workers = cfg.num_workers
         # A dataset with set_epoch needs fresh workers each epoch to see the new epoch.
         self.loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=workers,
-                                 collate_fn=collate_fn or collate_dropping_none,
+                                 collate_fn=collate_fn or collate_skip_none,
                                  pin_memory=self.device.type == "cuda", generator=self.loader_generator,
                                  persistent_workers=workers > 0 and not hasattr(train_set, "set_epoch"))
         self.batches_per_epoch = -(-self.sampler.per_rank // cfg.batch_size)
