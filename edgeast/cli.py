@@ -217,11 +217,8 @@ def stream(artifact: Path = typer.Argument(..., help=".pte, .onnx or checkpoint 
 
     report = _run(stream_files, artifact, files, realtime=realtime, json_lines=as_json,
                   thresholds=_thresholds(threshold), hop_s=hop)
-    if not as_json:
-        for file, detections in report.detections.items():
-            for d in detections:
-                print(f"{file}\t{d.start_s:8.2f}-{d.end_s:.2f} s\t{d.keyword}\t{d.score:.3f}")
-        console.print(f"real-time factor {report.real_time_factor:.4f}; {report.skipped} unreadable file(s) skipped")
+    if not as_json:  # stream_files printed the detections as it went
+        console.print(f"real-time factor {report.real_time_factor:.4f}; {len(report.skipped)} unreadable file(s) skipped")
 
 
 @app.command("eval-stream")

@@ -161,7 +161,7 @@ def test_failed_export_leaves_no_model_file(model, tmp_path, monkeypatch):
 
 
 def test_failed_parity_ships_nothing_unless_forced(model, heldout, tmp_path):
-    with pytest.raises(ExportParityError, match="model.onnx agrees with PyTorch on 100.0%.*--force"):
+    with pytest.raises(ExportParityError, match="model.onnx agrees with PyTorch on 100.00%.*--force"):
         export_model(model, tmp_path / "strict", formats=["onnx"], heldout=heldout, min_agreement=1.01)
     assert list((tmp_path / "strict").iterdir()) == []
     report = export_model(model, tmp_path / "forced", formats=["onnx"], heldout=heldout, min_agreement=1.01, force=True)

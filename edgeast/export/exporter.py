@@ -152,11 +152,11 @@ def export_model(
         report.forced = force and not report.passed
         if not report.passed and not force:
             failed = "; ".join(
-                f"{r.file} agrees with PyTorch on {r.agreement:.1%}" for r in report.results if not r.passed
+                f"{r.file} agrees with PyTorch on {r.agreement:.2%}" for r in report.results if not r.passed
             )
             raise ExportParityError(
                 f"{'int8' if int8 else 'fp32'} export failed parity on {report.clips} {report.clip_source} clips "
-                f"({failed}; need {min_agreement:.1%}): nothing was written to {out_dir}; "
+                f"({failed}; need {min_agreement:.2%}): nothing was written to {out_dir}; "
                 "check the calibration clips, or pass --force to keep the files"
             )
         meta.parity = {k: v for k, v in report.to_dict().items() if k != "out_dir"}  # the folder may move
