@@ -123,3 +123,23 @@ def test_train_fine_tunes_an_imported_ssast_checkpoint(synth_dataset, tmp_path):
     # lr 0: the block weights are exactly the imported ones
     torch.testing.assert_close(teacher.classifier.encoder.blocks[0].attn.qkv.weight,
                                sd["module.v.blocks.0.attn.qkv.weight"])
+
+
+def test_eval_cli_on_checkpoint_and_onnx_agree(tiny_run, tmp_path):
+    """`edgeast eval` gives the pipeline's test accuracy for the checkpoint and for its fp32 ONNX export."""
+    from edgeast.export.exporter import export_checkpoint
+
+    recipe, result = tiny_run
+    ckpt = recipe.out / "student" / "model"
+    export_checkpoint(ckpt, tmp_path / "exp", formats=["onnx"])
+    reports = {}
+    for name, artifact in (("ckpt", ckpt), ("onnx", tmp_path / "exp" / "model.onnx")):
+        proc = subprocess.run([sys.executable, "-m", "edgeast.cli", "eval", str(artifact), "--data",
+                               str(recipe.data.root), "--split", "test", "--json",
+                               "--confusion", str(tmp_path / f"{name}.png")], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        reports[name] = json.loads(proc.stdout)
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000
+    assert reports["ckpt"]["accuracy"] == pytest.approx(result.stages["student"].test_acc)
+    assert reports["onnx"]["accuracy"] == pytest.approx(reports["ckpt"]["accuracy"], abs=1 / reports["ckpt"]["total"])
+    assert set(reports["onnx"]["per_class"]) == {"yes", "no", "_unknown_", "_silence_"}
