@@ -34,8 +34,21 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|Tr
                               list("tTfF"))
 
 
+def _unshared(node: Any) -> Any:
+    """A tree copy in which YAML aliases (`*name`) become independent copies.
+
+    Otherwise an override of one section (`finetune.augment.x=...`) would also
+    change every section that aliases it.
+    """
+    if isinstance(node, dict):
+        return {k: _unshared(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_unshared(v) for v in node]
+    return node
+
+
 def parse_yaml(text: str):
-    return yaml.load(text, Loader=_Loader)
+    return _unshared(yaml.load(text, Loader=_Loader))
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:

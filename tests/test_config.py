@@ -27,6 +27,12 @@ def test_nested_recipe_and_overrides(tmp_path):
     assert r.stages == ["finetune", "distill"]
 
 
+def test_override_of_an_aliased_section_changes_only_that_section(tmp_path):
+    path = write(tmp_path, "finetune:\n  augment: &aug {gain_db: 3.0}\ndistill:\n  augment: *aug\n")
+    r = load_config(Recipe, path, ["finetune.augment.gain_db=9"])
+    assert r.finetune.augment.gain_db == 9.0 and r.distill.augment.gain_db == 3.0
+
+
 def test_keyword_words_are_not_booleans(tmp_path):
     r = load_config(Recipe, write(tmp_path, "data:\n  synth: {keywords: [yes, no, on, off]}\n"))
     assert r.data.synth["keywords"] == ["yes", "no", "on", "off"]
