@@ -37,7 +37,8 @@ from edgeast.models.ast import ASTClassifier, ast_config
 from edgeast.models.keyword import KeywordModel
 from edgeast.runtime.detector import StreamingDetector
 from edgeast.runtime.files import stream_audio
-from edgeast.runtime.wakeword import StreamConfig, build_test_streams, score_stream, sweep
+from edgeast.runtime.benchmark_stream import StreamConfig, build_test_streams
+from edgeast.runtime.wakeword_metrics import score_stream, sweep
 
 RUNTIMES = {".pte": "ExecuTorch/XNNPACK", ".onnx": "ONNX Runtime"}
 

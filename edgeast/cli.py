@@ -175,6 +175,13 @@ def _thresholds(items: list[str] | None) -> dict[str, float] | None:
     return out
 
 
+def _detector_options(threshold: list[str] | None, hop: float | None, vad_db: float | None = None):
+    """The `--threshold`, `--hop` and `--vad-db` flags as the runtime's `DetectorOptions`."""
+    from edgeast.runtime.detector_options import DetectorOptions
+
+    return DetectorOptions(thresholds=_thresholds(threshold), hop_s=hop, vad_threshold_db=vad_db)
+
+
 THRESHOLD = typer.Option(None, "--threshold", "-t", help="per-keyword threshold kw=0.8 (repeatable)")
 HOP = typer.Option(None, "--hop", help="seconds between windows (default: the model's, 0.1)")
 
@@ -192,8 +199,8 @@ def listen(artifact: Path = typer.Argument(..., help=".pte, .onnx or checkpoint 
     from edgeast.runtime.microphone import listen as run
 
     dev = int(device) if device is not None and device.isdigit() else device
-    _run(run, artifact, device=dev, thresholds=_thresholds(threshold), save_detections=save_detections,
-         record=record, duration_s=duration, json_lines=as_json, live=not as_json, hop_s=hop, vad_threshold_db=vad_db)
+    _run(run, artifact, device=dev, save_detections=save_detections, record=record, duration_s=duration,
+         json_lines=as_json, live=not as_json, options=_detector_options(threshold, hop, vad_db))
 
 
 @app.command()
@@ -202,8 +209,7 @@ def devices():
     from edgeast.runtime.microphone import list_devices
 
     for d in _run(list_devices):
-        mark = "*" if d.is_default else " "
-        print(f"{mark} {d.index:3d}  {d.name}  ({d.host_api}, {d.channels} ch, {d.default_rate:.0f} Hz)")
+        print(d)
 
 
 @app.command()
@@ -216,7 +222,7 @@ def stream(artifact: Path = typer.Argument(..., help=".pte, .onnx or checkpoint 
     from edgeast.runtime.files import stream_files
 
     report = _run(stream_files, artifact, files, realtime=realtime, json_lines=as_json,
-                  thresholds=_thresholds(threshold), hop_s=hop)
+                  options=_detector_options(threshold, hop))
     if not as_json:  # stream_files printed the detections as it went
         console.print(f"real-time factor {report.real_time_factor:.4f}; {len(report.skipped)} unreadable file(s) skipped")
 
@@ -230,7 +236,8 @@ def eval_stream(artifact: Path = typer.Argument(..., help=".pte or .onnx (calibr
                 target_fa: float = typer.Option(1.0, help="false accepts per hour to calibrate thresholds for"),
                 calibrate: bool = typer.Option(False, help="write the calibrated thresholds into the model's sidecar")):
     """Wake-word metrics: miss rate vs false accepts per hour, DET curve, threshold calibration."""
-    from edgeast.runtime.wakeword import StreamConfig, eval_stream as run
+    from edgeast.runtime.benchmark_stream import StreamConfig
+    from edgeast.runtime.wakeword_metrics import eval_stream as run
 
     cfg = StreamConfig(keyword_minutes=minutes, background_minutes=minutes, snr_db=snr_db)
     result = _run(run, artifact, data, out, cfg=cfg, target_fa_per_hour=target_fa, write_calibration=calibrate)

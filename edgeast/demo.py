@@ -48,7 +48,8 @@ def stream_demo(recipe: Recipe, minutes: float = 3.0) -> dict:
 
     from edgeast.runtime.detector import StreamingDetector
     from edgeast.runtime.files import stream_audio
-    from edgeast.runtime.wakeword import StreamConfig, build_test_streams, eval_stream
+    from edgeast.runtime.benchmark_stream import StreamConfig, build_test_streams
+    from edgeast.runtime.wakeword_metrics import eval_stream
 
     pte = recipe.out / "export" / "model.pte"
     cfg = StreamConfig(keyword_minutes=minutes, background_minutes=minutes, seed=recipe.seed)

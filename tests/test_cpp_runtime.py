@@ -20,7 +20,7 @@ import soundfile as sf
 from edgeast.export.exporter import export_model
 from edgeast.models.checkpoint import load_model
 from edgeast.runtime.detector import Detection, DetectorStats, StreamingDetector
-from test_stream import SR, THRESHOLDS, keyword_stream, matches, trained_model
+from conftest import SR, THRESHOLDS, keyword_stream, matches
 
 CPP_DIR = Path(__file__).resolve().parents[1] / "export" / "cpp"
 
@@ -47,14 +47,9 @@ def kws_stream_bin(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return trained_model(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def pte(trained, tmp_path_factory) -> Path:
+def pte(trained_model, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cpp_export") / "fp32"
-    export_model(load_model(trained.checkpoint).eval(), out, formats=("pte",), source="tiny")
+    export_model(load_model(trained_model.checkpoint).eval(), out, formats=("pte",), source="tiny")
     return out / "model.pte"
 
 
@@ -82,8 +77,8 @@ def assert_same_detections(cpp: list[dict], python: list, hop_s: float) -> None:
         assert c["score"] == pytest.approx(p.score, abs=1e-3)  # measured: equal to 1e-6
 
 
-def test_cpp_detections_equal_the_python_runtime(kws_stream_bin, trained, pte, tmp_path):
-    audio, truth = keyword_stream(trained, 11.0, [1.0, 3.5, 6.0, 8.5], seed=7)
+def test_cpp_detections_equal_the_python_runtime(kws_stream_bin, trained_model, pte, tmp_path):
+    audio, truth = keyword_stream(trained_model, 11.0, [1.0, 3.5, 6.0, 8.5], seed=7)
     wav = tmp_path / "stream_f32.wav"
     sf.write(wav, audio, SR, subtype="FLOAT")
 
@@ -96,8 +91,8 @@ def test_cpp_detections_equal_the_python_runtime(kws_stream_bin, trained, pte, t
     assert stats["audio_s"] == pytest.approx(11.0)
 
 
-def test_cpp_int16_pcm_and_energy_gate_match_python(kws_stream_bin, trained, pte, tmp_path):
-    audio, truth = keyword_stream(trained, 8.0, [1.0, 4.5], seed=8, noise_db=-70.0)
+def test_cpp_int16_pcm_and_energy_gate_match_python(kws_stream_bin, trained_model, pte, tmp_path):
+    audio, truth = keyword_stream(trained_model, 8.0, [1.0, 4.5], seed=8, noise_db=-70.0)
     wav = tmp_path / "stream_i16.wav"
     sf.write(wav, audio, SR, subtype="PCM_16")
     pcm16, _ = sf.read(wav, dtype="int16")  # exactly the samples the C++ reader gets

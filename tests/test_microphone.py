@@ -23,11 +23,12 @@ import soundfile
 
 from edgeast.audio.io import load_audio, save_audio
 from edgeast.runtime.backends import open_backend
+from edgeast.runtime.benchmark_stream import speech_bounds
 from edgeast.runtime.detector import Detection
+from edgeast.runtime.detector_options import DetectorOptions
 from edgeast.runtime.files import stream_files
 from edgeast.runtime.microphone import ClipSaver, MicrophoneError, StreamResampler, listen, list_devices
-from edgeast.runtime.wakeword import speech_bounds
-from test_stream import SR, THRESHOLDS, detectable_clip, matches, trained_model
+from conftest import SR, THRESHOLDS, TrainedModel, detectable_clip, matches
 
 SETUP = "run `bash .ci/setup-audio.sh` (installs PulseAudio + libportaudio2 and starts a virtual microphone)"
 
@@ -48,9 +49,10 @@ def require_virtual_microphone() -> None:
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
+def model(request) -> TrainedModel:
+    """conftest's `trained_model`, asked for only once the virtual microphone works."""
     require_virtual_microphone()  # before the training: a test that skips should skip at once
-    return trained_model(tmp_path_factory)
+    return request.getfixturevalue("trained_model")
 
 
 def alignment(recording: np.ndarray, played: np.ndarray) -> int:
@@ -63,6 +65,7 @@ def alignment(recording: np.ndarray, played: np.ndarray) -> int:
 
 def test_listen_detects_keywords_played_into_the_virtual_microphone(model, tmp_path):
     require_virtual_microphone()
+    options = DetectorOptions(thresholds=THRESHOLDS)
     words = ["yes", "stop", "seven", "yes"]
     played = (np.random.default_rng(0).standard_normal(int(12.0 * SR)) * 1e-3).astype(np.float32)
     truth = []
@@ -85,7 +88,7 @@ def test_listen_detects_keywords_played_into_the_virtual_microphone(model, tmp_p
     for name, kwargs in runs.items():
         backend = open_backend(model.checkpoint)  # loaded before listening, so capture starts at once
         threads.append(threading.Thread(target=lambda n=name, b=backend, k=kwargs: reports.__setitem__(
-            n, listen(b, duration_s=len(played) / SR + 2.5, thresholds=THRESHOLDS, **k))))
+            n, listen(b, duration_s=len(played) / SR + 2.5, options=options, **k))))
         threads[-1].start()
         time.sleep(0.5)
     time.sleep(1.0)
@@ -104,7 +107,7 @@ def test_listen_detects_keywords_played_into_the_virtual_microphone(model, tmp_p
         for det, event in zip(found, expected):  # right keyword, window around the word (+-300 ms)
             assert matches(det, event, slack_s=0.3), f"{name}: {det} vs played {event}"
         # The live path saw exactly the recorded samples: streaming the recording gives the same detections.
-        offline = stream_files(open_backend(model.checkpoint), [runs[name]["record"]], thresholds=THRESHOLDS,
+        offline = stream_files(open_backend(model.checkpoint), [runs[name]["record"]], options=options,
                                out=io.StringIO()).all_detections()
         assert [(d.keyword, d.start_s, d.end_s) for d in offline] == [(d.keyword, d.start_s, d.end_s) for d in found]
         assert report.stats.windows_run > 0 and report.overflows >= 0

@@ -143,3 +143,21 @@ def test_eval_cli_on_checkpoint_and_onnx_agree(tiny_run, tmp_path):
     assert reports["ckpt"]["accuracy"] == pytest.approx(result.stages["student"].test_acc)
     assert reports["onnx"]["accuracy"] == pytest.approx(reports["ckpt"]["accuracy"], abs=1 / reports["ckpt"]["total"])
     assert set(reports["onnx"]["per_class"]) == {"yes", "no", "_unknown_", "_silence_"}
+
+
+def test_synthesized_data_made_with_other_settings_is_refused(synth_dataset):
+    from dataclasses import asdict
+
+    from edgeast.data.common import DatasetError
+    from edgeast.stages.data import ensure_data
+    from edgeast.stages.recipe import DataConfig
+    from conftest import TINY_SYNTH
+
+    made = {k: v for k, v in asdict(TINY_SYNTH).items() if k != "workers"}
+    same = DataConfig(root=str(synth_dataset), synthesize=True, synth=made)
+    assert ensure_data(same, seed=TINY_SYNTH.seed) == synth_dataset
+    other = DataConfig(root=str(synth_dataset), synthesize=True, synth={**made, "keyword_clips": [300, 40, 40]})
+    with pytest.raises(DatasetError, match=r"synthesized with other settings \(keyword_clips\); delete the folder"):
+        ensure_data(other, seed=TINY_SYNTH.seed)
+    # without synthesize the folder is the user's dataset, used as it is
+    assert ensure_data(DataConfig(root=str(synth_dataset)), seed=0) == synth_dataset

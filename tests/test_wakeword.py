@@ -12,13 +12,13 @@ from edgeast.export.exporter import export_model
 from edgeast.export.metadata import ArtifactMeta
 from edgeast.models.checkpoint import load_model
 from edgeast.runtime.backends import open_backend
+from edgeast.runtime.benchmark_stream import KeywordEvent, StreamConfig, StreamEvalError, build_test_streams
 from edgeast.runtime.detector import StreamingDetector
-from edgeast.runtime.wakeword import (
-    KeywordEvent, ScoreTrack, StreamConfig, StreamEvalError, build_test_streams, calibrate, eval_stream, match,
-    replay, score_stream, sweep, write_thresholds,
+from edgeast.runtime.wakeword_metrics import (
+    ScoreTrack, calibrate, eval_stream, match, replay, score_stream, sweep, write_thresholds,
 )
+from conftest import KEYWORDS, SR
 from test_detector import ToneBackend, stream
-from test_stream import KEYWORDS, SR, trained_model
 
 
 def test_replay_makes_exactly_the_detections_of_a_live_detector():
@@ -91,14 +91,9 @@ def test_match_gives_each_event_at_most_one_hit():
     assert hit.tolist() == [True] and false.tolist() == [1, 0] and latencies == pytest.approx([10.2 - 10.9])
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return trained_model(tmp_path_factory)
-
-
-def test_test_streams_hold_held_out_keywords_at_known_times_in_speech_and_noise(model):
+def test_test_streams_hold_held_out_keywords_at_known_times_in_speech_and_noise(trained_model):
     cfg = StreamConfig(keyword_minutes=1.0, background_minutes=0.5, snr_db=10.0, speech_db=-24.0, seed=3)
-    keyword_stream, background = build_test_streams(model.dataset, list(KEYWORDS), cfg)
+    keyword_stream, background = build_test_streams(trained_model.dataset, list(KEYWORDS), cfg)
     assert keyword_stream.duration_s == pytest.approx(60.0) and background.duration_s == pytest.approx(30.0)
     assert background.events == [] and len(keyword_stream.events) >= 8
     assert [e.keyword for e in keyword_stream.events[:6]] == list(KEYWORDS) * 2
@@ -110,18 +105,18 @@ def test_test_streams_hold_held_out_keywords_at_known_times_in_speech_and_noise(
         level = 10 * np.log10(np.mean(audio[int(e.start_s * SR):int(e.end_s * SR)] ** 2))
         assert -28.0 < level < -19.0
     # Noise sits at speech_db - snr_db: with the noise 10 dB above the speech, it is nearly all the power.
-    loud = build_test_streams(model.dataset, list(KEYWORDS), StreamConfig(keyword_minutes=0.2, background_minutes=0.5,
-                                                                           snr_db=-10.0, speech_db=-24.0))[1]
+    loud_cfg = StreamConfig(keyword_minutes=0.2, background_minutes=0.5, snr_db=-10.0, speech_db=-24.0)
+    loud = build_test_streams(trained_model.dataset, list(KEYWORDS), loud_cfg)[1]
     assert 10 * np.log10(np.mean(loud.audio.astype(np.float64) ** 2)) == pytest.approx(-14.0, abs=1.0)
     with pytest.raises(StreamEvalError, match="test split has no clips"):
-        build_test_streams(model.dataset, ["marvin"], cfg)
+        build_test_streams(trained_model.dataset, ["marvin"], cfg)
 
 
-def test_eval_stream_reports_sweeps_plots_and_calibrates_an_onnx_export(model, tmp_path):
-    export_model(load_model(model.checkpoint), tmp_path / "export", formats=("onnx",))
+def test_eval_stream_reports_sweeps_plots_and_calibrates_an_onnx_export(trained_model, tmp_path):
+    export_model(load_model(trained_model.checkpoint), tmp_path / "export", formats=("onnx",))
     onnx = tmp_path / "export" / "model.onnx"
     cfg = StreamConfig(keyword_minutes=1.5, background_minutes=1.5, snr_db=10.0, seed=0)
-    result = eval_stream(onnx, model.dataset, tmp_path / "eval", cfg=cfg, target_fa_per_hour=60.0,
+    result = eval_stream(onnx, trained_model.dataset, tmp_path / "eval", cfg=cfg, target_fa_per_hour=60.0,
                          write_calibration=True, num_threads=1)
     assert result.keywords == list(KEYWORDS) and result.hours == pytest.approx(3 / 60)
     assert result.events >= 10
@@ -144,4 +139,4 @@ def test_eval_stream_reports_sweeps_plots_and_calibrates_an_onnx_export(model, t
     with pytest.raises(StreamEvalError, match="not keywords of this model"):
         write_thresholds(onnx, {"_silence_": 0.5})
     with pytest.raises(StreamEvalError, match="export it"):
-        write_thresholds(model.checkpoint, {"yes": 0.5})
+        write_thresholds(trained_model.checkpoint, {"yes": 0.5})

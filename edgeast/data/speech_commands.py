@@ -12,7 +12,8 @@ Tasks:
   when the folder holds that file (written by `edgeast.data.synth`), else ks1.
 
 `_silence_` clips are 1 s crops of the background noise files at a random
-gain, fixed by `seed`; each split crops its own part of every file (train the
+gain from -60 to 0 dB (down to the near-digital silence a quiet microphone
+gives), fixed by `seed`; each split crops its own part of every file (train the
 first 80 %, val the next 10 %, test the last 10 %), so no noise is shared
 across splits. Their count defaults to the average size of a keyword class.
 """
@@ -31,7 +32,7 @@ from edgeast.data.common import AudioClips, DatasetError, check_split, class_fol
 KS1_KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 NOISE_REGIONS = {"train": (0.0, 0.8), "val": (0.8, 0.9), "test": (0.9, 1.0)}
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
-SILENCE_GAIN_DB = (-30.0, 0.0)
+SILENCE_GAIN_DB = (-60.0, 0.0)  # down to near-digital silence, which a live microphone gives too
 
 
 class SpeechCommands(AudioClips):

@@ -144,6 +144,11 @@ class Speaker:
     split: str
 
 
+def manifest_config(cfg: SynthConfig) -> dict:
+    """The settings that decide a dataset's bytes (the worker count changes none)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "workers"}
+
+
 def folder_name(phrase: str) -> str:
     """Filesystem-safe folder of a keyword or phrase: "Hey Edge!" -> "hey_edge"."""
     return re.sub(r"\W+", "_", phrase.strip().lower()).strip("_")
@@ -198,7 +203,7 @@ def synthesize_dataset(out: str | Path, cfg: SynthConfig | None = None, show_pro
         "speakers": {split: sorted(s.id for s in speakers if s.split == split) for split in SPLITS},
         "voices": {s.id: dataclasses.asdict(s.voice) for s in speakers},
         "clips": {u.path: clip_speakers[u.path].id for u in clips},
-        "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "workers"},  # workers change no byte
+        "config": manifest_config(cfg),
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
 

@@ -39,7 +39,8 @@ class ASTConfig:
     stride_t: int = 16
     prefix_tokens: int = 1  # 0 none, 1 cls, 2 cls + distillation token
     pos_embed: str = "learned"  # "learned" | "sincos" (fixed, MAE-AST)
-    pool: str = "mean"  # "mean" of patch tokens | "prefix" (mean of prefix tokens)
+    pool: str = "mean"  # "mean" of patch tokens | "prefix" (mean of prefix tokens) | "cls" (the class token)
+    dist_head: bool = False  # DeiT: a second head on the distillation token; inference averages both heads
     block: str = "pre"  # "pre" = pre-LN ViT block | "post" = post-LN (fairseq MAE-AST)
     norm_position: str = "final"  # "final" = after the blocks | "pre_blocks" = before block 0 (MAE-AST)
     norm_eps: float = 1e-6
@@ -53,7 +54,7 @@ class ASTConfig:
     def __post_init__(self) -> None:
         choices = {
             "pos_embed": ("learned", "sincos"),
-            "pool": ("mean", "prefix"),
+            "pool": ("mean", "prefix", "cls"),
             "block": ("pre", "post"),
             "norm_position": ("final", "pre_blocks"),
             "input_norm": ("none", "batchnorm"),
@@ -63,8 +64,14 @@ class ASTConfig:
                 raise ValueError(f"ASTConfig.{name}={getattr(self, name)!r}: expected one of {allowed}")
         if self.prefix_tokens not in (0, 1, 2):
             raise ValueError(f"ASTConfig.prefix_tokens={self.prefix_tokens}: expected 0, 1 or 2")
-        if self.pool == "prefix" and self.prefix_tokens == 0:
-            raise ValueError("ASTConfig.pool='prefix' needs prefix_tokens >= 1")
+        if self.pool in ("prefix", "cls") and self.prefix_tokens == 0:
+            raise ValueError(f"ASTConfig.pool={self.pool!r} needs prefix_tokens >= 1")
+        if self.dist_head and self.prefix_tokens != 2:
+            raise ValueError(f"ASTConfig.dist_head=True needs prefix_tokens=2 (cls + distillation token), "
+                             f"not {self.prefix_tokens}")
+        if self.dist_head and self.pool == "prefix":
+            raise ValueError("ASTConfig.dist_head=True with pool='prefix' would feed the distillation token to "
+                             "both heads; use pool='cls' (DeiT) or 'mean'")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"ASTConfig.embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
         if self.patch_f > self.num_mel_bins or self.patch_t > self.num_frames:
@@ -173,11 +180,17 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         B, N, D = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, N, D/H]
+        q, k, v = self.split_heads(self.qkv(x))
         x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         x = x.transpose(1, 2).reshape(B, N, D)  # [B, N, D]
         return F.dropout(self.proj(x), self.dropout, self.training)
+
+    def split_heads(self, qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Output of the qkv projection [B, N, 3D] -> q, k, v, each [B, H, N, D/H]."""
+        B, N, _ = qkv.shape
+        qkv = qkv.reshape(B, N, 3, self.num_heads, -1)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        return q, k, v
 
 
 class MLP(nn.Module):
@@ -298,6 +311,21 @@ class ASTEncoder(nn.Module):
         """Features [B, T, F] -> tokens [B, P + N, D]."""
         return self.run_blocks(self.add_pos(self.embed_patches(x)))
 
+    def forward_with_qkv(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+        """Features -> (tokens [B, P + N, D], the last block's (q, k, v), each [B, H, P + N, D/H]).
+
+        For attention distillation in training. A hook on the last qkv
+        projection reads them, so ``forward`` (fused attention, export) stays as it is.
+        """
+        attn = self.blocks[-1].attn
+        captured = []
+        handle = attn.qkv.register_forward_hook(lambda module, args, out: captured.append(out))
+        try:
+            tokens = self(x)
+        finally:
+            handle.remove()
+        return tokens, attn.split_heads(captured[0])
+
     def patchify(self, x: Tensor) -> Tensor:
         """Raw feature values per patch, in token order: [B, T, F] -> [B, N, patch_f * patch_t].
 
@@ -312,30 +340,53 @@ class ASTEncoder(nn.Module):
 
 
 class ASTClassifier(nn.Module):
-    """Encoder + SSAST-style head (LayerNorm, Linear) over pooled tokens."""
+    """Encoder + SSAST-style head (LayerNorm, Linear) over pooled tokens.
+
+    With ``dist_head`` (DeiT) a second head reads the distillation token. In
+    distillation the class head learns from the labels and the distillation
+    head from the teacher; inference returns the mean of both, so callers
+    always see one ``[B, C]`` logits tensor.
+    """
 
     def __init__(self, cfg: ASTConfig):
         super().__init__()
         self.cfg = cfg
         self.encoder = ASTEncoder(cfg)
-        if cfg.num_classes > 0:
-            self.head = nn.Sequential(
-                nn.LayerNorm(cfg.embed_dim, eps=cfg.head_norm_eps), nn.Linear(cfg.embed_dim, cfg.num_classes)
-            )
-            self.head.apply(_init_weights)
-        else:
-            self.head = nn.Identity()  # num_classes=0: forward returns pooled embeddings
+        self.head = self._new_head() if cfg.num_classes > 0 else nn.Identity()  # 0: pooled embeddings
+        self.head_dist = self._new_head() if cfg.dist_head and cfg.num_classes > 0 else None
+
+    def _new_head(self) -> nn.Sequential:
+        cfg = self.cfg
+        head = nn.Sequential(
+            nn.LayerNorm(cfg.embed_dim, eps=cfg.head_norm_eps), nn.Linear(cfg.embed_dim, cfg.num_classes)
+        )
+        head.apply(_init_weights)
+        return head
 
     def pool(self, tokens: Tensor) -> Tensor:
         """[B, P + N, D] -> [B, D]."""
         P = self.encoder.num_prefix
         if self.cfg.pool == "prefix":
             return tokens[:, :P].mean(dim=1)
+        if self.cfg.pool == "cls":
+            return tokens[:, 0]
         return tokens[:, P:].mean(dim=1)
+
+    def heads(self, tokens: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Encoder tokens -> (class-head logits [B, C], distillation-head logits [B, C] or None)."""
+        logits = self.head(self.pool(tokens))
+        if self.head_dist is None:
+            return logits, None
+        return logits, self.head_dist(tokens[:, 1])  # token 1 is the distillation token
+
+    @staticmethod
+    def merge_heads(logits: Tensor, dist_logits: Tensor | None) -> Tensor:
+        """What inference returns: the class head, or the mean of both heads (DeiT)."""
+        return logits if dist_logits is None else (logits + dist_logits) / 2
 
     def forward(self, x: Tensor) -> Tensor:
         """Features [B, T, F] -> logits [B, C]."""
-        return self.head(self.pool(self.encoder(x)))
+        return self.merge_heads(*self.heads(self.encoder(x)))
 
 
 def _init_weights(module: nn.Module) -> None:

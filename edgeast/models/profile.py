@@ -32,7 +32,7 @@ def count_macs(cfg: ASTConfig) -> int:
         + tokens * dim * dim  # output projection
         + 2 * tokens * dim * hidden  # fc1 + fc2
     )
-    return embed + cfg.depth * block + dim * cfg.num_classes
+    return embed + cfg.depth * block + dim * cfg.num_classes * (2 if cfg.dist_head else 1)
 
 
 def model_table(

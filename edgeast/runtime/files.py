@@ -20,6 +20,7 @@ import numpy as np
 
 from edgeast.audio.io import AudioError, load_audio
 from edgeast.runtime.detector import Backend, Detection, DetectorStats, StreamingDetector, WindowHook
+from edgeast.runtime.detector_options import DetectorOptions
 
 SILENCE_RMS = 2.0 ** -15  # one 16-bit step
 
@@ -103,22 +104,15 @@ def stream_files(
     realtime: bool = False,
     json_lines: bool = False,
     out: TextIO = sys.stdout,
-    thresholds: dict[str, float] | None = None,
-    hop_s: float | None = None,
-    smoothing_hops: int | None = None,
-    refractory_s: float | None = None,
-    vad_threshold_db: float | None = None,
+    options: DetectorOptions = DetectorOptions(),
     chunk_s: float = 0.1,
-    num_threads: int | None = None,
 ) -> StreamReport:
-    """Run the streaming detector over each file; with `json_lines`, print one JSON object per detection.
+    """Run a detector with `options` over each file; with `json_lines`, print one JSON object per detection.
 
     A line is `{"file": ..., "keyword": ..., "score": ..., "start_s": ..., "end_s": ...}`;
     without `json_lines` a readable line per detection is printed instead.
     """
-    detector = StreamingDetector(artifact, hop_s=hop_s, thresholds=thresholds, smoothing_hops=smoothing_hops,
-                                 refractory_s=refractory_s, vad_threshold_db=vad_threshold_db,
-                                 num_threads=num_threads)
+    detector = options.build(artifact)
     report = StreamReport()
     for path in map(str, files):
         try:

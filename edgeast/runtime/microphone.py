@@ -25,7 +25,8 @@ from typing import Callable, TextIO
 import numpy as np
 
 from edgeast.audio.io import save_audio
-from edgeast.runtime.detector import Backend, Detection, DetectorStats, DetectorThread, StreamingDetector
+from edgeast.runtime.detector import Backend, Detection, DetectorStats, DetectorThread
+from edgeast.runtime.detector_options import DetectorOptions
 
 PORTAUDIO_MISSING = (
     "PortAudio library not found: install it (Debian/Ubuntu: sudo apt-get install libportaudio2; "
@@ -61,7 +62,7 @@ class InputDevice:
 
     def __str__(self) -> str:
         mark = "*" if self.is_default else " "
-        return f"{mark} {self.index:3d}  {self.name}  ({self.host_api}, {self.channels} ch, {self.default_rate:g} Hz)"
+        return f"{mark} {self.index:3d}  {self.name}  ({self.host_api}, {self.channels} ch, {self.default_rate:.0f} Hz)"
 
 
 def list_devices() -> list[InputDevice]:
@@ -206,7 +207,6 @@ def listen(
     artifact: str | Path | Backend,
     *,
     device: int | str | None = None,
-    thresholds: dict[str, float] | None = None,
     save_detections: str | Path | None = None,
     record: str | Path | None = None,
     duration_s: float | None = None,
@@ -214,15 +214,11 @@ def listen(
     live: bool | None = None,
     on_detection: Callable[[Detection], None] | None = None,
     out: TextIO = sys.stdout,
-    hop_s: float | None = None,
-    smoothing_hops: int | None = None,
-    refractory_s: float | None = None,
-    vad_threshold_db: float | None = None,
+    options: DetectorOptions = DetectorOptions(),
     capture_rate: int | None = None,
     block_s: float = 0.05,
-    num_threads: int | None = None,
 ) -> ListenReport:
-    """Detect keywords from a microphone until Ctrl-C or `duration_s` seconds.
+    """Detect keywords from a microphone, with a detector set up by `options`, until Ctrl-C or `duration_s` s.
 
     Opens `device` (index or name; default input when None) at the model's rate,
     or at the device's default rate with resampling when it refuses that one
@@ -239,9 +235,7 @@ def listen(
         info = sd.query_devices(device, kind="input")
     except (ValueError, sd.PortAudioError) as err:
         raise MicrophoneError(NO_INPUT.format(what="" if device is None else f" {device!r}", reason=err)) from None
-    detector = StreamingDetector(artifact, hop_s=hop_s, thresholds=thresholds, smoothing_hops=smoothing_hops,
-                                 refractory_s=refractory_s, vad_threshold_db=vad_threshold_db,
-                                 num_threads=num_threads)
+    detector = options.build(artifact)
     rate = int(capture_rate or detector.sample_rate)
     try:
         sd.check_input_settings(info["index"], channels=1, dtype="float32", samplerate=rate)

@@ -1,6 +1,7 @@
 """Datasets for the pipeline stages, built from a recipe's `data` section."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -38,18 +39,36 @@ class InMemory(Dataset):
 
 def ensure_data(cfg: DataConfig, seed: int = 0) -> Path:
     """The dataset root; synthesized first when the recipe asks for it and it is missing."""
+    from edgeast.config import from_dict
+    from edgeast.data.synth import SynthConfig, synthesize_dataset
+
     root = Path(cfg.root)
+    synth = from_dict(SynthConfig, {"seed": seed, **cfg.synth})
     if root.is_dir() and any(root.iterdir()):
+        if cfg.synthesize:
+            check_synthesized(root, synth)
         return root
     if not cfg.synthesize:
         raise DatasetError(f"data.root={root}: no such dataset folder; point data.root at your data "
                            "or set data.synthesize=true to create the synthetic set")
-    from edgeast.config import from_dict
-    from edgeast.data.synth import SynthConfig, synthesize_dataset
-
-    synth = from_dict(SynthConfig, {"seed": seed, **cfg.synth})
     synthesize_dataset(root, synth)
     return root
+
+
+def check_synthesized(root: Path, synth) -> None:
+    """A synthetic set made earlier with other settings would silently change the run: refuse it."""
+    from edgeast.data import MANIFEST
+    from edgeast.data.synth import manifest_config
+
+    manifest = root / MANIFEST
+    if not manifest.is_file():
+        return  # the recipe points data.root at a dataset of its own: use it as it is
+    made = json.loads(manifest.read_text()).get("config", {})
+    wanted = json.loads(json.dumps(manifest_config(synth)))  # tuples -> lists, as stored
+    changed = sorted(k for k in wanted if made.get(k) != wanted[k])
+    if changed:
+        raise DatasetError(f"data.root={root} was synthesized with other settings ({', '.join(changed)}); "
+                           "delete the folder to synthesize it again, or point data.root elsewhere")
 
 
 def labelled_split(cfg: DataConfig, split: str, labels: list[str] | None = None) -> Dataset:

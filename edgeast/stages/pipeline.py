@@ -61,11 +61,16 @@ def validate_sections(recipe: Recipe) -> None:
     from edgeast.models.ast import ast_config
     from edgeast.models.objectives import OBJECTIVES
 
-    for key, model in (("teacher", recipe.teacher), ("distill.student", recipe.distill.student)):
+    configs = {}
+    for key, model in (("teacher", recipe.teacher), ("distill.student", recipe.distill.student_model())):
         try:
-            ast_config(model.size, **model.overrides)
+            configs[key] = ast_config(model.size, **model.overrides)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{key}: {e}") from None
+    if recipe.distill.attention_weight > 0 and recipe.finetune.init in ("pretrain", "scratch"):
+        from edgeast.stages.distill import check_token_grids
+
+        check_token_grids(configs["teacher"], configs["distill.student"])
     objective = recipe.pretrain.objective
     if objective not in OBJECTIVES:
         raise ConfigError(f"pretrain.objective={objective!r}: use one of {', '.join(OBJECTIVES)}")

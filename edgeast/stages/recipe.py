@@ -15,6 +15,10 @@ from edgeast.config import ConfigError
 from edgeast.engine.config import EngineConfig
 
 STAGES = ("pretrain", "finetune", "distill")
+DISTILL_INITS = ("scratch", "teacher_layers")
+KD_TARGETS = ("soft", "hard")
+ATTENTION_LOSSES = ("attention", "minilm")
+DIST_TOKEN_OVERRIDES = {"prefix_tokens": 2, "dist_head": True}
 
 
 @dataclass
@@ -59,14 +63,48 @@ class DistillConfig:
     enabled: bool = True
     student: ModelConfig = field(default_factory=lambda: ModelConfig(size="student-64x4"))
     init: str = "scratch"               # "scratch" | "teacher_layers" (copy every k-th teacher block; same dims)
-    label_weight: float = 0.1           # hard-label CE weight
-    kd_weight: float = 0.9              # KL to the teacher's softened logits
-    temperature: float = 2.0
+    label_weight: float = 0.1           # hard-label CE weight (on the class head)
+    kd_weight: float = 0.9              # teacher term weight (on the distillation head with dist_token)
+    temperature: float = 2.0            # softens teacher and student logits in the soft teacher term
+    kd_target: str = "soft"             # "soft": T^2 KL to softened teacher logits | "hard": CE to its argmax (DeiT)
+    dist_token: bool = False            # DeiT: a distillation token + head on the student learns the teacher term
     hidden_weight: float = 0.0          # MSE between projected student and teacher hidden states
+    attention_weight: float = 0.0       # KL between last-layer attention of teacher and student (same token grid)
+    attention_loss: str = "attention"   # "attention": head-averaged attention maps | "minilm": plus value relations
     cache_teacher: bool = False         # compute teacher logits once on clean clips instead of on the fly
     baseline: bool = True               # also train the same student without the teacher, for comparison
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+
+    def __post_init__(self) -> None:
+        choices = (("init", DISTILL_INITS), ("kd_target", KD_TARGETS), ("attention_loss", ATTENTION_LOSSES))
+        for name, allowed in choices:
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"distill.{name}={getattr(self, name)!r}: use one of {', '.join(allowed)}")
+        weights = ("label_weight", "kd_weight", "hidden_weight", "attention_weight")
+        for name in weights:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"distill.{name}={getattr(self, name)}: a loss weight must not be negative")
+        if not any(getattr(self, name) > 0 for name in weights):
+            raise ConfigError("distill: every loss weight is 0, so the student would learn nothing; "
+                              "set distill.label_weight and distill.kd_weight (e.g. 0.5 and 0.5)")
+        if self.temperature <= 0:
+            raise ConfigError(f"distill.temperature={self.temperature}: must be > 0 (2 to 4 is usual)")
+        if self.cache_teacher and (self.hidden_weight > 0 or self.attention_weight > 0):
+            raise ConfigError("distill.cache_teacher=true keeps only the teacher's logits, so hidden_weight="
+                              f"{self.hidden_weight} / attention_weight={self.attention_weight} cannot apply; "
+                              "set distill.cache_teacher=false or those weights to 0")
+        if self.dist_token:
+            given = {k: v for k, v in self.student.overrides.items() if k in DIST_TOKEN_OVERRIDES}
+            if any(v != DIST_TOKEN_OVERRIDES[k] for k, v in given.items()):
+                raise ConfigError(f"distill.dist_token=true builds the student with {DIST_TOKEN_OVERRIDES}, but "
+                                  f"distill.student.overrides sets {given}; remove those overrides")
+
+    def student_model(self) -> ModelConfig:
+        """The student as built: with `dist_token`, cls + distillation token and a head on each."""
+        if not self.dist_token:
+            return self.student
+        return ModelConfig(self.student.size, {**self.student.overrides, **DIST_TOKEN_OVERRIDES})
 
 
 @dataclass
