@@ -2,14 +2,18 @@
 
 For each model: export fp32 and int8 to ExecuTorch (.pte, XNNPACK) and ONNX,
 then time one window at a time in each runtime with 1 and 2 threads, PyTorch
-eager for reference. Runtimes are measured in interleaved rounds and the
-median round is reported, so a busy shared machine skews them alike.
+eager for reference. Runtimes are measured in interleaved rounds (every
+other round in reverse order) and the median round is reported, so a busy
+shared machine skews them alike.
 
     python bench/export_bench.py                                   # random-init teacher + student
     python bench/export_bench.py --checkpoint runs/teacher --checkpoint runs/student --data data/synth
+    python bench/export_bench.py --sizes student=student-64x4 --breakdown   # what fills each file
 
 Random-init models give meaningful size and latency but not agreement or
-accuracy; give trained checkpoints and their data for those.
+accuracy; give trained checkpoints and their data for those. (A random-init
+model's biases are all zero and its norms all one, so the exporters store
+each of those once: its files are a few KB smaller than a trained model's.)
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from edgeast.audio.frontend import FrontendConfig, LogMelFrontend
 from edgeast.export.calibration import labelled_clips, probe_clips
@@ -76,7 +82,7 @@ def file_latency(path: Path, windows: np.ndarray, threads: int) -> float:
     return mean_latency_ms(backend, windows)
 
 
-def bench_model(name: str, model: KeywordModel, args, out: Path) -> list[dict]:
+def bench_model(name: str, model: KeywordModel, args, out: Path) -> tuple[list[dict], dict[bool, ExportReport]]:
     calib, heldout = clips(args, model)
     reports: dict[bool, ExportReport] = {}
     for int8 in (False, True):
@@ -86,13 +92,14 @@ def bench_model(name: str, model: KeywordModel, args, out: Path) -> list[dict]:
         )
     windows = probe_clips(args.windows, seed=2)
     timings: dict[tuple, list[float]] = {}
-    for _ in range(args.rounds):
+    files = [(fmt, int8) for fmt in args.formats for int8 in (False, True)]
+    for round_index in range(args.rounds):
         for threads in args.threads:
             timings.setdefault(("pytorch", False, threads), []).append(eager_latency(model, windows, threads))
-            for fmt in args.formats:
-                for int8, report in reports.items():
-                    path = Path(report.out_dir) / MODEL_FILES[fmt]
-                    timings.setdefault((fmt, int8, threads), []).append(file_latency(path, windows.numpy(), threads))
+            # Every other round in reverse, so that no file always runs in the same slot of a busy machine.
+            for fmt, int8 in files if round_index % 2 == 0 else files[::-1]:
+                path = Path(reports[int8].out_dir) / MODEL_FILES[fmt]
+                timings.setdefault((fmt, int8, threads), []).append(file_latency(path, windows.numpy(), threads))
     latency = {key: statistics.median(values) for key, values in timings.items()}
 
     rows = [dict(model=name, runtime="pytorch", precision="fp32", size=None, size_ratio=None, agreement=None,
@@ -110,7 +117,93 @@ def bench_model(name: str, model: KeywordModel, args, out: Path) -> list[dict]:
                 **{f"ms_{t}": latency[(fmt, int8, t)] for t in args.threads},
                 ratio={t: latency[(fmt, True, t)] / latency[(fmt, False, t)] for t in args.threads} if int8 else {},
             ))
-    return rows
+    return rows, reports
+
+
+def _tensor_roles(model: KeywordModel) -> tuple[dict[bytes, str], set[int]]:
+    """Float32 bytes of every known tensor -> its role, and the sizes of the classifier's matmul weights."""
+    def layouts(tensor):  # as stored, and transposed (ONNX keeps a MatMul weight as [in, out])
+        tensor = tensor.detach().float()
+        return [tensor, tensor.reshape(tensor.shape[0], -1).T] if tensor.dim() > 1 else [tensor]
+
+    roles = {variant.contiguous().numpy().tobytes(): "front end constants"
+             for buffer in model.frontend.buffers() for variant in layouts(buffer)}
+    weights = [module.weight for module in model.classifier.modules() if isinstance(module, (nn.Linear, nn.Conv2d))]
+    for tensor in model.classifier.parameters():
+        role = "matmul/conv weights (float)" if any(tensor is w for w in weights) else "biases, norms, positions"
+        for variant in layouts(tensor):
+            roles.setdefault(variant.contiguous().numpy().tobytes(), role)
+    encoder = model.classifier.encoder
+    roles.setdefault(encoder.pos_embed[:, encoder.num_prefix:].detach().contiguous().numpy().tobytes(),
+                     "biases, norms, positions")  # the patch positions, folded out of the class token's
+    return roles, {w.numel() for w in weights}
+
+
+def _role(blob: bytes, roles: dict[bytes, str], weight_sizes: set[int], int8: bool) -> str:
+    if blob in roles:
+        return roles[blob]
+    if int8 and len(blob) in weight_sizes and not _reads_as_scales(blob):
+        return "matmul/conv weights (int8)"
+    return "scales, int32 biases, other"
+
+
+def _reads_as_scales(blob: bytes) -> bool:
+    """Per-channel scales read as float32 are all finite, non-negative and small; int8 weights are not."""
+    if len(blob) % 4:
+        return False
+    values = np.frombuffer(blob, dtype=np.float32)
+    return bool(np.isfinite(values).all() and (values >= 0).all() and (values < 1e3).all())
+
+
+def pte_breakdown(path: Path, model: KeywordModel, int8: bool) -> Counter:
+    """Bytes of a `.pte` by what they hold, read from the file (ExecuTorch's own, private, reader)."""
+    from executorch.exir._serialize._program import _get_extended_header, deserialize_pte_binary
+
+    data = path.read_bytes()
+    pte = deserialize_pte_binary(data)
+    roles, weight_sizes = _tensor_roles(model)
+    parts = Counter({"program flatbuffer": _get_extended_header(data).program_size,
+                     "XNNPACK graph": sum(len(d.data) for d in pte.program.backend_delegate_data)})
+    blobs = [pte.named_data.buffers[entry.buffer_index] for entry in pte.named_data.pte_data.values()]
+    blobs += [bytes(buffer.storage) for buffer in pte.program.constant_buffer]
+    for blob in blobs:
+        parts[_role(blob, roles, weight_sizes, int8)] += len(blob)
+    parts["alignment padding"] = len(data) - sum(parts.values())
+    return parts
+
+
+def onnx_breakdown(path: Path, model: KeywordModel, int8: bool) -> Counter:
+    """Bytes of an `.onnx` by what they hold: initializers by role, the rest is the graph."""
+    import onnx
+    from onnx import numpy_helper
+
+    roles, weight_sizes = _tensor_roles(model)
+    parts = Counter()
+    for init in onnx.load(path).graph.initializer:
+        array = numpy_helper.to_array(init)
+        if init.name.endswith(("_scale", "_zero_point")):
+            role = "scales, int32 biases, other"
+        elif array.dtype == np.float32:
+            role = roles.get(array.tobytes(), "biases, norms, positions")
+        else:
+            role = "matmul/conv weights (int8)" if array.dtype == np.int8 else "scales, int32 biases, other"
+        parts[role] += array.nbytes
+    parts["graph (nodes, names)"] = path.stat().st_size - sum(parts.values())
+    return parts
+
+
+def breakdown_table(name: str, model: KeywordModel, reports: dict[bool, ExportReport], formats: list[str]) -> str:
+    readers = {"pte": pte_breakdown, "onnx": onnx_breakdown}
+    columns = {f"{fmt} {'int8' if int8 else 'fp32'}": readers[fmt](Path(reports[int8].out_dir) / MODEL_FILES[fmt],
+                                                                    model, int8)
+               for fmt in formats for int8 in (False, True)}
+    roles = list(dict.fromkeys(role for parts in columns.values() for role in parts))
+    lines = [f"bytes in each file of {name}:", "", "| part | " + " | ".join(columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    for role in roles:
+        lines.append(f"| {role} | " + " | ".join(f"{parts.get(role, 0):,}" for parts in columns.values()) + " |")
+    lines.append("| total | " + " | ".join(f"{sum(parts.values()):,}" for parts in columns.values()) + " |")
+    return "\n".join(lines)
 
 
 def markdown(rows: list[dict], threads: list[int]) -> str:
@@ -145,16 +238,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--windows", type=int, default=20, help="windows timed per round")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (median reported)")
     parser.add_argument("--out", help="where the exports go (default: a temporary folder)")
+    parser.add_argument("--breakdown", action="store_true", help="also print what fills each file, by part")
     args = parser.parse_args(argv)
     if args.data and not args.checkpoint:
         parser.error("--data needs --checkpoint (random-init models have no labels to match)")
 
     with tempfile.TemporaryDirectory(prefix="export-bench-") as tmp:
         out = Path(args.out or tmp)
-        rows = []
+        rows, breakdowns = [], []
         for name, model in build_models(args).items():
-            rows += bench_model(name, model, args, out)
+            model_rows, reports = bench_model(name, model, args, out)
+            rows += model_rows
+            if args.breakdown:
+                breakdowns.append(breakdown_table(name, model, reports, args.formats))
     print(markdown(rows, args.threads))
+    for table in breakdowns:
+        print("\n" + table)
     print(f"\ntorch {torch.__version__}, intra-op threads as listed; median of {args.rounds} interleaved rounds "
           f"of {args.windows} windows; agreement = top-1 vs PyTorch fp32 on "
           f"{args.heldout} {'held-out' if args.data else 'synthetic probe'} clips")

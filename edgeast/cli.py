@@ -145,7 +145,7 @@ def export_(checkpoint: Path = typer.Argument(..., help="checkpoint directory (e
             int8: bool = typer.Option(False, "--int8", help="quantize the encoder to int8 (front end stays float)"),
             fmt: str = typer.Option("pte,onnx", "--format", help="comma list of pte, onnx"),
             calib: Optional[Path] = typer.Option(None, help="training data: calibration (train split) and parity "
-                                                            "(test split) clips; needed for --int8"),
+                                                            "(test split) clips; needed for an int8 .pte"),
             window: float = typer.Option(1.0, help="input window in seconds"),
             min_agreement: float = typer.Option(0.99, help="int8 top-1 agreement below this fails the export"),
             overwrite: bool = typer.Option(False, help="replace model files in an existing output folder"),

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torchaudio.functional as AF
 from torchaudio.compliance import kaldi
+from torchaudio.compliance.kaldi import get_mel_banks
 
 from edgeast.audio.frontend import FrontendConfig, LogMelFrontend, compute_stats
 
@@ -64,6 +65,42 @@ def test_other_windows_match_kaldi(window):
     frontend = LogMelFrontend(FrontendConfig(num_mel_bins=64, window=window, num_frames=None))
     wave = speech_like(4000, seed=7)
     assert (frontend.fbank(wave[None])[0] - kaldi_reference(wave, 64, window)).abs().max() <= 1e-3
+
+
+@pytest.mark.parametrize("settings", [
+    dict(sample_rate=8000, num_mel_bins=40),  # 200-sample frames, 256-point DFT of 16 x 16
+    dict(frame_shift_ms=20.0),  # frame = one hop row + half a row
+    dict(frame_length_ms=32.0, frame_shift_ms=8.0),  # 512 samples fill the DFT; frame = 4 hop rows
+    dict(frame_length_ms=30.0, frame_shift_ms=12.5, window="hamming"),  # zero-padded stage-1 rows
+    dict(remove_dc_offset=False, preemphasis=0.0, num_mel_bins=64),  # the waveform mean is subtracted
+    dict(sample_rate=22050, num_mel_bins=64, low_freq=0.0),  # 1024-point DFT of 32 x 32
+])
+def test_other_frame_and_dft_sizes_match_kaldi(settings):
+    cfg = FrontendConfig(num_frames=None, **settings)
+    wave = speech_like(5000, seed=13)
+    reference = kaldi.fbank(
+        (wave - wave.mean())[None], htk_compat=True, use_energy=False, window_type=cfg.window, dither=0.0,
+        num_mel_bins=cfg.num_mel_bins, sample_frequency=cfg.sample_rate, frame_length=cfg.frame_length_ms,
+        frame_shift=cfg.frame_shift_ms, preemphasis_coefficient=cfg.preemphasis,
+        remove_dc_offset=cfg.remove_dc_offset, low_freq=cfg.low_freq,
+    )
+    ours = LogMelFrontend(cfg).fbank(wave[None])[0]
+    # rtol: the float32 rounding of the DFT constants is ~1e-7 of the frame's norm, so the quietest
+    # bins (log-energy near the -15.9 floor, ~110 dB below the frame) move by up to ~2e-3
+    torch.testing.assert_close(ours, reference, atol=1e-3, rtol=1e-4)
+
+
+def test_mel_blocks_hold_every_kaldi_mel_weight():
+    frontend = LogMelFrontend()
+    dense = torch.zeros(128, 256)
+    row = 0
+    for i, (first, end) in enumerate(frontend.mel_spans):
+        block = getattr(frontend, f"mel_block{i}")
+        dense[row : row + len(block), first:end] = block
+        row += len(block)
+    banks, _ = get_mel_banks(128, 512, 16000.0, 20.0, 0.0, 100.0, -500.0, 1.0)
+    assert row == 128 and torch.equal(dense, banks.float())
+    assert sum(getattr(frontend, f"mel_block{i}").numel() for i in range(len(frontend.mel_spans))) < 0.15 * dense.numel()
 
 
 def test_forward_pads_raw_fbank_with_zeros_then_normalizes():
@@ -132,14 +169,15 @@ def test_autocast_does_not_lower_precision():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_matches_kaldi_even_with_tf32_allowed():
-    previous = torch.backends.cudnn.conv.fp32_precision
-    torch.backends.cudnn.conv.fp32_precision = "tf32"
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls, as the training engine sets on CUDA
     try:
         frontend = LogMelFrontend(FrontendConfig(num_frames=None)).cuda()
         wave = speech_like(SR, seed=11)
         ours = frontend.fbank(wave[None].cuda())[0].cpu()
+        assert torch.get_float32_matmul_precision() == "high"  # restored after the front end
     finally:
-        torch.backends.cudnn.conv.fp32_precision = previous
+        torch.set_float32_matmul_precision(previous)
     assert (ours - kaldi_reference(wave, 128)).abs().max() <= 1e-3
 
 

@@ -1,9 +1,10 @@
 """Clips for int8 calibration and parity checks.
 
-int8 ranges are observed on real windows from the training data (class
-balanced, so a rare keyword's activations are seen too); parity is measured
-on held-out clips of the test split. `probe_clips` makes varied synthetic
-windows for models without data (random-init benchmarks, tests).
+The `.pte`'s int8 activation ranges are observed on real windows from the
+training data (class balanced, so a rare keyword's activations are seen too);
+parity is measured on held-out clips of the test split. `probe_clips` makes
+varied synthetic windows for models without data (random-init benchmarks,
+tests).
 """
 
 from __future__ import annotations
@@ -100,22 +101,3 @@ def probe_clips(count: int, window_samples: int = 16000, sample_rate: int = 1600
             wave = torch.randn(window_samples, generator=gen) * 0.01
         clips.append(level * wave / wave.abs().max().clamp(min=1e-6))
     return torch.stack(clips).float()
-
-
-class ClipReader:
-    """ONNX Runtime `CalibrationDataReader` over clips `[N, S]`: one `[1, S]` window per call."""
-
-    def __init__(self, waves: Tensor, input_name: str):
-        self.waves = waves.float().numpy()
-        self.input_name = input_name
-        self.position = 0
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self.position == len(self.waves):
-            return None
-        window = self.waves[self.position : self.position + 1]
-        self.position += 1
-        return {self.input_name: window}
-
-    def rewind(self) -> None:
-        self.position = 0
