@@ -1,6 +1,6 @@
 """`make demo`: the embedded default end to end on a CPU.
 
-synthesize keyword speech -> pretrain -> teacher -> distilled student ->
+synthesize keyword speech -> [pretrain, if the recipe enables it] -> teacher -> distilled student ->
 int8 ExecuTorch + ONNX export (with parity check) -> stream a synthesized
 keyword sentence through the exported model and print the detections.
 """
