@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from edgeast.data import MANIFEST
 from edgeast.data.common import DatasetError
 from edgeast.data.folders import FolderDataset, UnlabeledAudio
 from edgeast.data.speech_commands import SpeechCommands
@@ -57,7 +58,6 @@ def ensure_data(cfg: DataConfig, seed: int = 0) -> Path:
 
 def check_synthesized(root: Path, synth) -> None:
     """A synthetic set made earlier with other settings would silently change the run: refuse it."""
-    from edgeast.data import MANIFEST
     from edgeast.data.synth import manifest_config
 
     manifest = root / MANIFEST
