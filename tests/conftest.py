@@ -15,12 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
 
 from edgeast.audio.frontend import FrontendConfig, LogMelFrontend
 from edgeast.audio.io import load_audio
 from edgeast.data import BACKGROUND_NOISE, TESTING_LIST, UNLABELED, VALIDATION_LIST
 from edgeast.data.speech_commands import SpeechCommands
 from edgeast.data.synth import SynthConfig, synthesize_dataset
+from edgeast.export.metadata import ArtifactMeta
 from edgeast.models.ast import ASTClassifier, ASTConfig
 from edgeast.models.checkpoint import save_model
 from edgeast.models.keyword import KeywordModel
@@ -34,6 +37,7 @@ TINY_SYNTH = SynthConfig(
     speakers=20,  # 16 train, 2 val, 2 test
     keyword_clips=(16, 4, 4),
     unknown_clips=(4, 2, 2),
+    speech_clips=(4, 2, 2),
     noise_seconds=4.0,
     unlabeled=8,
     unlabeled_seconds=2.0,
@@ -54,6 +58,7 @@ def synth_dataset(tmp_path_factory) -> Path:
 
     Keywords yes/no, unknown words cat/dog, 20 speakers split 16/2/2,
     16/4/4 clips per keyword and 4/2/2 per unknown word (train/val/test),
+    4/2/2 running-speech crops in `_speech_/` (read as `_unknown_`),
     4 s background noise files, and 8 unlabeled 2 s clips in `_unlabeled_/`.
     `SpeechCommands(root, split, task="auto")` reads it as
     yes, no, _unknown_, _silence_.
@@ -225,3 +230,72 @@ def matches(det, truth, slack_s: float = 0.3) -> bool:
     """The detection names the keyword and its window holds the spoken word (within slack_s)."""
     keyword, start, end = truth
     return det.keyword == keyword and det.start_s - slack_s <= start and end <= det.end_s + slack_s
+
+
+# -- tiny stand-ins with known answers: engine tests (test_engine, test_ddp) and detector tests --
+
+class Regressor(nn.Module):
+    """A small MLP with a squared-error loss; optional dropout exercises the RNG."""
+
+    def __init__(self, dropout: float = 0.0):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Dropout(dropout), nn.Linear(16, 1))
+
+    def forward(self, batch):
+        x, y = batch
+        err = self.net(x).squeeze(-1) - y
+        return (err ** 2).mean(), {"mae": err.abs().mean()}
+
+
+def regression_data(n: int = 64, seed: int = 1) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    return TensorDataset(x, x @ torch.tensor([1.0, -2.0, 0.5, 3.0]))
+
+
+class FlakyFiles(Dataset):
+    """Items listed in `bad` are unreadable: None, counted like the edgeast datasets do."""
+
+    def __init__(self, bad: set[int]):
+        self.data, self.bad, self.skipped = regression_data(32), bad, 0
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        if i in self.bad:
+            self.skipped += 1
+            return None
+        return self.data[i]
+
+
+BURST_S = 0.3
+TONES = {"low": 500.0, "high": 1500.0}
+
+
+class ToneBackend:
+    """logits = [8 * fraction of a burst of each tone in the window, 4 for _unknown_, 0 for _silence_]."""
+
+    def __init__(self, **meta):
+        self.meta = ArtifactMeta(labels=["low", "high", "_unknown_", "_silence_"], **meta)
+        t = np.arange(self.meta.window_samples) / SR
+        self.refs = [np.exp(-2j * np.pi * f * t) for f in TONES.values()]
+        self.calls = 0
+
+    def infer(self, window: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        assert window.dtype == np.float32 and window.shape == (self.meta.window_samples,)
+        # |<w, e^-iwt>| = amplitude/2 * samples of tone in the window (amplitude 0.5 below)
+        held = [min(1.0, abs(np.dot(window, r)) * 4 / (BURST_S * SR)) for r in self.refs]
+        return np.array([8 * held[0], 8 * held[1], 4.0, 0.0], dtype=np.float32)
+
+
+def stream(seconds: float, bursts: list[tuple[str, float]], noise_db: float = -70.0) -> np.ndarray:
+    """Faint noise with 0.3 s tone bursts (amplitude 0.5) starting at the given times."""
+    rng = np.random.default_rng(0)
+    audio = (rng.standard_normal(int(seconds * SR)) * 10 ** (noise_db / 20)).astype(np.float32)
+    n = int(BURST_S * SR)
+    for name, at in bursts:
+        start = int(at * SR)
+        audio[start:start + n] += 0.5 * np.sin(2 * np.pi * TONES[name] * np.arange(n) / SR).astype(np.float32)
+    return audio

@@ -17,7 +17,7 @@ import torch
 
 from edgeast.engine import EngineConfig, Trainer, seed_everything
 from edgeast.engine.sampler import ResumableSampler
-from test_engine import FlakyFiles, Regressor, regression_data
+from conftest import FlakyFiles, Regressor, regression_data
 
 REPO = Path(__file__).resolve().parents[1]
 CLEAN = dict(epochs=2, lr=1e-2, weight_decay=0.0, schedule="constant", log_every=2, device="cpu")

@@ -14,41 +14,10 @@ import threading
 import numpy as np
 import pytest
 
-from edgeast.export.metadata import ArtifactMeta
 from edgeast.runtime.detector import DetectorError, DetectorThread, StreamingDetector, softmax
 from edgeast.runtime.files import stream_audio
+from conftest import SR, ToneBackend, stream
 
-SR = 16000
-BURST_S = 0.3
-TONES = {"low": 500.0, "high": 1500.0}
-
-
-class ToneBackend:
-    """logits = [8 * fraction of a burst of each tone in the window, 4 for _unknown_, 0 for _silence_]."""
-
-    def __init__(self, **meta):
-        self.meta = ArtifactMeta(labels=["low", "high", "_unknown_", "_silence_"], **meta)
-        t = np.arange(self.meta.window_samples) / SR
-        self.refs = [np.exp(-2j * np.pi * f * t) for f in TONES.values()]
-        self.calls = 0
-
-    def infer(self, window: np.ndarray) -> np.ndarray:
-        self.calls += 1
-        assert window.dtype == np.float32 and window.shape == (self.meta.window_samples,)
-        # |<w, e^-iwt>| = amplitude/2 * samples of tone in the window (amplitude 0.5 below)
-        held = [min(1.0, abs(np.dot(window, r)) * 4 / (BURST_S * SR)) for r in self.refs]
-        return np.array([8 * held[0], 8 * held[1], 4.0, 0.0], dtype=np.float32)
-
-
-def stream(seconds: float, bursts: list[tuple[str, float]], noise_db: float = -70.0) -> np.ndarray:
-    """Faint noise with 0.3 s tone bursts (amplitude 0.5) starting at the given times."""
-    rng = np.random.default_rng(0)
-    audio = (rng.standard_normal(int(seconds * SR)) * 10 ** (noise_db / 20)).astype(np.float32)
-    n = int(BURST_S * SR)
-    for name, at in bursts:
-        start = int(at * SR)
-        audio[start:start + n] += 0.5 * np.sin(2 * np.pi * TONES[name] * np.arange(n) / SR).astype(np.float32)
-    return audio
 
 
 def push_in_chunks(detector: StreamingDetector, audio: np.ndarray, sizes: list[int]):

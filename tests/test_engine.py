@@ -9,7 +9,6 @@ import os
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import Dataset, TensorDataset
 
 from edgeast.config import ConfigError
 from edgeast.engine import EngineConfig, NonFiniteLossError, Trainer, seed_everything, worker_rng
@@ -17,25 +16,7 @@ from edgeast.engine.sampler import ResumableSampler, class_balanced_weights
 from edgeast.engine.schedule import lr_factor
 from edgeast.engine.state import (CheckpointError, find_checkpoint, load_train_state, load_weights, read_done,
                                   save_checkpoint)
-
-
-class Regressor(nn.Module):
-    """A small MLP with a squared-error loss; optional dropout exercises the RNG."""
-
-    def __init__(self, dropout: float = 0.0):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Dropout(dropout), nn.Linear(16, 1))
-
-    def forward(self, batch):
-        x, y = batch
-        err = self.net(x).squeeze(-1) - y
-        return (err ** 2).mean(), {"mae": err.abs().mean()}
-
-
-def regression_data(n: int = 64, seed: int = 1) -> TensorDataset:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 4, generator=g)
-    return TensorDataset(x, x @ torch.tensor([1.0, -2.0, 0.5, 3.0]))
+from conftest import FlakyFiles, Regressor, regression_data
 
 
 def train(tmp_path, name="run", data=None, module=None, evaluate=None, resume=False, **cfg):
@@ -253,22 +234,6 @@ def test_logs_curves_and_done_marker(tmp_path):
     assert longer.steps == 24 and longer.metrics == {"acc": 0.9} and read_done(run)["steps"] == 24
     with open(run / "metrics.csv") as f:
         assert [int(r["step"]) for r in csv.DictReader(f) if r["loss"]][-5:] == [16, 18, 20, 22, 24]
-
-
-class FlakyFiles(Dataset):
-    """Items listed in `bad` are unreadable: None, counted like the edgeast datasets do."""
-
-    def __init__(self, bad: set[int]):
-        self.data, self.bad, self.skipped = regression_data(32), bad, 0
-
-    def __len__(self):
-        return len(self.data)
-
-    def __getitem__(self, i):
-        if i in self.bad:
-            self.skipped += 1
-            return None
-        return self.data[i]
 
 
 def test_bad_files_are_skipped_and_counted(tmp_path):

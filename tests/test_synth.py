@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from edgeast.data import BACKGROUND_NOISE, MANIFEST, SILENCE, UNKNOWN, UNLABELED
-from edgeast.data import espeak
+from edgeast.data import BACKGROUND_NOISE, MANIFEST, SILENCE, SPEECH, UNKNOWN, UNLABELED
+from edgeast.data import espeak, synth
 from edgeast.data.folders import UnlabeledAudio
 from edgeast.data.speech_commands import SpeechCommands
 from edgeast.data.synth import SynthConfig, SynthError, folder_name, synthesize_dataset
@@ -98,8 +98,8 @@ def test_resample_keeps_a_tone():
 def test_layout_of_synthetic_dataset(synth_dataset, synth_config):
     root, cfg = synth_dataset, synth_config
     folders = sorted(p.name for p in root.iterdir() if p.is_dir())
-    assert folders == sorted([BACKGROUND_NOISE, UNLABELED, "yes", "no", "cat", "dog"])
-    for folder, per_split in (("yes", cfg.keyword_clips), ("cat", cfg.unknown_clips)):
+    assert folders == sorted([BACKGROUND_NOISE, UNLABELED, SPEECH, "yes", "no", "cat", "dog"])
+    for folder, per_split in (("yes", cfg.keyword_clips), ("cat", cfg.unknown_clips), (SPEECH, cfg.speech_clips)):
         files = sorted((root / folder).glob("*.wav"))
         assert len(files) == sum(per_split)
         assert all(f.name.split("_nohash_")[1][:-4].isdigit() for f in files)
@@ -121,8 +121,8 @@ def test_layout_of_synthetic_dataset(synth_dataset, synth_config):
     assert {k: len(v) for k, v in manifest["speakers"].items()} == {"train": 16, "val": 2, "test": 2}
     val = (root / "validation_list.txt").read_text().split()
     test = (root / "testing_list.txt").read_text().split()
-    assert len(val) == 2 * cfg.keyword_clips[1] + 2 * cfg.unknown_clips[1]
-    assert len(test) == 2 * cfg.keyword_clips[2] + 2 * cfg.unknown_clips[2]
+    assert len(val) == 2 * cfg.keyword_clips[1] + 2 * cfg.unknown_clips[1] + cfg.speech_clips[1]
+    assert len(test) == 2 * cfg.keyword_clips[2] + 2 * cfg.unknown_clips[2] + cfg.speech_clips[2]
     assert all((root / p).is_file() for p in val + test)
 
 
@@ -138,7 +138,7 @@ def test_splits_are_speaker_disjoint(synth_dataset):
         assert Path(path).name.startswith(speaker + "_nohash_")
         split = "val" if path in listed["val"] else "test" if path in listed["test"] else "train"
         assert speaker in speakers[split]
-    assert len(manifest["clips"]) == sum(1 for _ in root.glob("[!_]*/*_nohash_*.wav"))
+    assert len(manifest["clips"]) == sum(1 for _ in root.glob("*/*_nohash_*.wav"))
     voices = {tuple(sorted(v.items())) for v in manifest["voices"].values()}
     assert len(voices) == 20  # every speaker its own voice
 
@@ -147,12 +147,25 @@ def test_speech_commands_auto_reads_synthetic_data(synth_dataset, synth_config):
     train = SpeechCommands(synth_dataset, "train", task="auto")
     assert train.labels == ["yes", "no", UNKNOWN, SILENCE]
     counts = np.bincount(train.targets, minlength=4).tolist()
-    k, u = synth_config.keyword_clips[0], synth_config.unknown_clips[0]
-    assert counts == [k, k, 2 * u, k]  # _silence_: as many as an average keyword
+    k, u, s = synth_config.keyword_clips[0], synth_config.unknown_clips[0], synth_config.speech_clips[0]
+    assert counts == [k, k, 2 * u + s, k]  # _silence_: as many as an average keyword
     val = SpeechCommands(synth_dataset, "val", task="auto")
-    assert np.bincount(val.targets, minlength=4).tolist()[:3] == [4, 4, 4]
+    assert np.bincount(val.targets, minlength=4).tolist()[:3] == [4, 4, 6]
     wave, label = val[0]
     assert wave.shape == (SR,) and label == val.targets[0] and val.skipped == 0
+
+
+def test_speech_clips_are_cropped_running_speech_without_keywords(synth_dataset, synth_config):
+    for path in sorted((synth_dataset / SPEECH).glob("*.wav")):
+        wave, rate = soundfile.read(path)
+        assert rate == SR and len(wave) == SR and speech_seconds(wave) > 0.5  # speech, not a word in silence
+    cfg = replace(synth_config, keywords=("go", "stop"), speech_clips=(30, 0, 0))
+    phrases = {"go": "go", "stop": "stop", "cat": "cat"}
+    speakers = synth._plan_speakers(cfg, np.random.default_rng(0))
+    plan, _ = synth._plan_speech(cfg, phrases, ["go", "stop"], speakers, np.random.default_rng(0))
+    words = {w for u in plan for w in u.text.split()}
+    assert len(plan) == 30 and len(words) > 50 and not words & {"go", "stop"}  # "go" is a common word too
+    assert words <= set(synth.ENGLISH_SENTENCE_WORDS) | {"cat"}
 
 
 def test_unlabeled_clips(synth_dataset, synth_config):

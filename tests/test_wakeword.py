@@ -17,8 +17,7 @@ from edgeast.runtime.detector import StreamingDetector
 from edgeast.runtime.wakeword_metrics import (
     ScoreTrack, calibrate, eval_stream, match, replay, score_stream, sweep, write_thresholds,
 )
-from conftest import KEYWORDS, SR
-from test_detector import ToneBackend, stream
+from conftest import KEYWORDS, SR, ToneBackend, stream
 
 
 def test_replay_makes_exactly_the_detections_of_a_live_detector():

@@ -16,4 +16,5 @@ BACKGROUND_NOISE = "_background_noise_"
 MANIFEST = "synth_manifest.json"
 UNKNOWN = "_unknown_"
 SILENCE = "_silence_"
+SPEECH = "_speech_"  # 1 s crops of keyword-free running speech, read as _unknown_
 UNLABELED = "_unlabeled_"  # synthetic pretraining audio; '_' keeps it from being read as a word

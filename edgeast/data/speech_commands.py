@@ -3,6 +3,9 @@
 Layout: one folder per word holding `<speaker>_nohash_<n>.wav`, long noise
 recordings in `_background_noise_/`, and `validation_list.txt` /
 `testing_list.txt` naming the val and test files; train is everything else.
+An optional `_speech_/` folder (not in Google's release; `edgeast data synth`
+writes one with `speech_clips`, and any 1 s crops of keyword-free speech will
+do) counts as `_unknown_` in tasks that have that class.
 
 Tasks:
 - "35": one class per word folder (35 in v2, 30 in v1).
@@ -26,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgeast.data import BACKGROUND_NOISE, MANIFEST, SILENCE, UNKNOWN
+from edgeast.data import BACKGROUND_NOISE, MANIFEST, SILENCE, SPEECH, UNKNOWN
 from edgeast.data.common import AudioClips, DatasetError, check_split, class_folders, fix_length, is_audio, split_files
 
 KS1_KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
@@ -70,6 +73,10 @@ class SpeechCommands(AudioClips):
             else:
                 continue
             self.files.append(path)
+        if has_unknown and (self.root / SPEECH).is_dir():
+            for path, _ in split_files(self.root, [SPEECH], split):
+                self.files.append(path)
+                self.targets.append(index[UNKNOWN])
         self.num_word_clips = len(self.files)
 
         self._silence: list[tuple[float, float]] = []  # per silence item: (start in [0, 1) of the region, gain)

@@ -10,6 +10,8 @@ random peak level and a faint noise floor. The output is what
 
     OUT/<keyword>/<speaker>_nohash_<n>.wav     keywords ("hey edge" -> hey_edge/)
     OUT/<word>/...                             other words, read as _unknown_
+    OUT/_speech_/<speaker>_nohash_<n>.wav      optional 1 s crops of running speech without
+                                               the keywords, read as _unknown_
     OUT/_background_noise_/*.wav               white, pink, brown noise and babble
     OUT/validation_list.txt, testing_list.txt
     OUT/_unlabeled_/*.wav                      optional sentences for pretraining
@@ -37,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeast.data import BACKGROUND_NOISE, MANIFEST, TESTING_LIST, UNLABELED, VALIDATION_LIST
+from edgeast.data import BACKGROUND_NOISE, MANIFEST, SPEECH, TESTING_LIST, UNLABELED, VALIDATION_LIST
 from edgeast.data import espeak
 from edgeast.data.espeak import Voice
 
@@ -75,6 +77,7 @@ MAX_SPEECH_FRACTION = 0.9  # a keyword longer than this part of its clip is spok
 TRIM_DB = -50.0  # speech edges: first/last sample above this level relative to the peak
 NOISE_RMS_DB = -20.0
 BABBLE_TALKERS = 6
+SPEECH_SENTENCE_CLIPS = 2.5  # a speech clip is cut from a sentence this many clips long
 
 
 class SynthError(ValueError):
@@ -88,7 +91,10 @@ class SynthConfig:
     `unknown_words=None` means the other Speech Commands words for English and
     none for other languages (give words of that language for an `_unknown_`
     class). `accents=None` means several English accents for "en", else just
-    `language`. Unlabeled clips are random word sequences drawn from common
+    `language`. Speech clips (`speech_clips`) are 1 s crops of keyword-free
+    sentences, cut anywhere, so words are clipped at the edges: what a
+    streaming detector hears between keywords, which isolated unknown words
+    do not teach. Unlabeled clips are random word sequences drawn from common
     English words plus the keywords and unknown words (for other languages
     only the latter two), spoken by train speakers, as real speech would
     contain the keywords too.
@@ -101,6 +107,7 @@ class SynthConfig:
     speakers: int = 400
     keyword_clips: tuple[int, int, int] = (100, 20, 20)
     unknown_clips: tuple[int, int, int] = (12, 3, 3)
+    speech_clips: tuple[int, int, int] = (0, 0, 0)  # running-speech crops per split, read as _unknown_
     speaker_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     noise_seconds: float = 60.0
     unlabeled: int = 0
@@ -171,6 +178,8 @@ def synthesize_dataset(out: str | Path, cfg: SynthConfig | None = None, show_pro
     rng = np.random.default_rng(cfg.seed)
     speakers = _plan_speakers(cfg, rng)
     clips, clip_speakers = _plan_clips(cfg, phrases, keyword_folders, speakers, rng)
+    speech, speech_speakers = _plan_speech(cfg, phrases, keyword_folders, speakers, rng)
+    clips, clip_speakers = clips + speech, {**clip_speakers, **speech_speakers}
     unlabeled = _plan_unlabeled(cfg, list(phrases.values()), speakers, rng)
     babble = _plan_babble(cfg, list(phrases.values()), speakers, rng)
 
@@ -304,6 +313,24 @@ def _plan_clips(cfg, phrases, keyword_folders, speakers, rng) -> tuple[list[Utte
                 path = f"{folder}/{speaker.id}_nohash_{n}.wav"
                 clips.append(_utterance(path, cfg.clip_seconds, phrase, speaker.voice, rng, fit=True, shift=0.5))
                 clip_speakers[path] = speaker
+    return clips, clip_speakers
+
+
+def _plan_speech(cfg, phrases, keyword_folders, speakers, rng) -> tuple[list[Utterance], dict[str, Speaker]]:
+    """Clip-long crops of sentences without the keywords, from each split's own speakers."""
+    keyword_words = {w for k in keyword_folders for w in phrases[k].lower().split()}
+    words = [w for w in _sentence_words(cfg, list(phrases.values())) if w.lower() not in keyword_words]
+    clips, clip_speakers = [], {}
+    for split, count in zip(SPLITS, cfg.speech_clips):
+        pool = [sp for sp in speakers if sp.split == split]
+        said: dict[str, int] = {}
+        for _ in range(count):
+            speaker = pool[int(rng.integers(len(pool)))]
+            n = said[speaker.id] = said.get(speaker.id, -1) + 1
+            path = f"{SPEECH}/{speaker.id}_nohash_{n}.wav"
+            text = _sentence(words, speaker.voice, SPEECH_SENTENCE_CLIPS * cfg.clip_seconds, rng)
+            clips.append(_utterance(path, cfg.clip_seconds, text, speaker.voice, rng, fit=False, shift=1.0))
+            clip_speakers[path] = speaker
     return clips, clip_speakers
 
 
