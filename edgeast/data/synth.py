@@ -78,6 +78,8 @@ TRIM_DB = -50.0  # speech edges: first/last sample above this level relative to 
 NOISE_RMS_DB = -20.0
 BABBLE_TALKERS = 6
 SPEECH_SENTENCE_CLIPS = 2.5  # a speech clip is cut from a sentence this many clips long
+CONTEXT_GAP_S = (0.05, 0.5)  # pause between a word and the speech around it
+CONTEXT_LEVEL_DB = (-6.0, 3.0)  # that speech's RMS against the word's
 
 
 class SynthError(ValueError):
@@ -94,7 +96,10 @@ class SynthConfig:
     `language`. Speech clips (`speech_clips`) are 1 s crops of keyword-free
     sentences, cut anywhere, so words are clipped at the edges: what a
     streaming detector hears between keywords, which isolated unknown words
-    do not teach. Unlabeled clips are random word sequences drawn from common
+    do not teach. With `context_prob`, that share of the keyword and unknown-word
+    clips also hears the speaker talk before and after the word (keyword-free
+    speech, 0.05-0.5 s away from it, -6..+3 dB against it), as a word said in
+    the middle of speech sounds to a sliding window. Unlabeled clips are random word sequences drawn from common
     English words plus the keywords and unknown words (for other languages
     only the latter two), spoken by train speakers, as real speech would
     contain the keywords too.
@@ -108,6 +113,7 @@ class SynthConfig:
     keyword_clips: tuple[int, int, int] = (100, 20, 20)
     unknown_clips: tuple[int, int, int] = (12, 3, 3)
     speech_clips: tuple[int, int, int] = (0, 0, 0)  # running-speech crops per split, read as _unknown_
+    context_prob: float = 0.0  # share of word clips with running speech at the window edges
     speaker_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     noise_seconds: float = 60.0
     unlabeled: int = 0
@@ -130,6 +136,17 @@ class SynthReport:
 
 
 @dataclass(frozen=True)
+class Context:
+    """Speech around a word: `text` is split in two, its first half ends `gaps_s[0]` before the word,
+    its second half starts `gaps_s[1]` after it, both at `level_db` against the word's RMS."""
+
+    text: str
+    seed: int
+    gaps_s: tuple[float, float]
+    level_db: float
+
+
+@dataclass(frozen=True)
 class Utterance:
     """One clip to speak, fully decided by the plan so a worker needs no randomness of its own."""
 
@@ -142,6 +159,7 @@ class Utterance:
     peak_db: float
     floor_db: float
     fit: bool  # speak faster rather than crop when longer than MAX_SPEECH_FRACTION of the clip
+    context: Context | None = None
 
 
 @dataclass(frozen=True)
@@ -171,6 +189,8 @@ def synthesize_dataset(out: str | Path, cfg: SynthConfig | None = None, show_pro
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise SynthError(f"{out}: folder exists and is not empty; choose a new folder or delete it")
+    if not 0.0 <= cfg.context_prob <= 1.0:
+        raise SynthError(f"context_prob={cfg.context_prob}: a share of clips must lie in [0, 1]")
     start = time.perf_counter()
     phrases = _phrases(cfg)
     keyword_folders = list(phrases)[:len(cfg.keywords)]
@@ -178,6 +198,7 @@ def synthesize_dataset(out: str | Path, cfg: SynthConfig | None = None, show_pro
     rng = np.random.default_rng(cfg.seed)
     speakers = _plan_speakers(cfg, rng)
     clips, clip_speakers = _plan_clips(cfg, phrases, keyword_folders, speakers, rng)
+    clips = _plan_context(cfg, clips, _keyword_free_words(cfg, phrases, keyword_folders), rng)
     speech, speech_speakers = _plan_speech(cfg, phrases, keyword_folders, speakers, rng)
     clips, clip_speakers = clips + speech, {**clip_speakers, **speech_speakers}
     unlabeled = _plan_unlabeled(cfg, list(phrases.values()), speakers, rng)
@@ -316,10 +337,29 @@ def _plan_clips(cfg, phrases, keyword_folders, speakers, rng) -> tuple[list[Utte
     return clips, clip_speakers
 
 
+def _keyword_free_words(cfg: SynthConfig, phrases: dict[str, str], keyword_folders: list[str]) -> list[str]:
+    keyword_words = {w for k in keyword_folders for w in phrases[k].lower().split()}
+    return [w for w in _sentence_words(cfg, list(phrases.values())) if w.lower() not in keyword_words]
+
+
+def _plan_context(cfg: SynthConfig, clips: list[Utterance], words: list[str], rng) -> list[Utterance]:
+    """Give `context_prob` of the word clips speech around the word (no draws at all when 0)."""
+    if cfg.context_prob <= 0.0:
+        return clips
+    out = []
+    for u in clips:
+        if rng.random() < cfg.context_prob:
+            text = _sentence(words, u.voice, 2 * cfg.clip_seconds, rng)
+            gaps = (float(rng.uniform(*CONTEXT_GAP_S)), float(rng.uniform(*CONTEXT_GAP_S)))
+            u = dataclasses.replace(u, context=Context(text, int(rng.integers(2**31)), gaps,
+                                                       float(rng.uniform(*CONTEXT_LEVEL_DB))))
+        out.append(u)
+    return out
+
+
 def _plan_speech(cfg, phrases, keyword_folders, speakers, rng) -> tuple[list[Utterance], dict[str, Speaker]]:
     """Clip-long crops of sentences without the keywords, from each split's own speakers."""
-    keyword_words = {w for k in keyword_folders for w in phrases[k].lower().split()}
-    words = [w for w in _sentence_words(cfg, list(phrases.values())) if w.lower() not in keyword_words]
+    words = _keyword_free_words(cfg, phrases, keyword_folders)
     clips, clip_speakers = [], {}
     for split, count in zip(SPLITS, cfg.speech_clips):
         pool = [sp for sp in speakers if sp.split == split]
@@ -405,19 +445,38 @@ def _speak(u: Utterance, voice: Voice, sample_rate: int) -> np.ndarray:
     return wave[loud[0]:loud[-1] + 1]
 
 
-def _place(speech: np.ndarray, u: Utterance, num_samples: int) -> np.ndarray:
-    """Position `speech` in a clip, set its peak level and add the noise floor."""
+def _place(speech: np.ndarray, u: Utterance, num_samples: int, sample_rate: int,
+           context: np.ndarray | None = None) -> np.ndarray:
+    """Position `speech` in a clip (with `context` speech around it), set its peak level, add the noise floor."""
     clip = np.zeros(num_samples, np.float32)
     slack = num_samples - len(speech)
     if slack >= 0:
         start = round(slack / 2 * (1 + u.shift))
         clip[start:start + len(speech)] = speech
+        if context is not None and u.context is not None:
+            _add_context(clip, start, start + len(speech), context, u.context, sample_rate)
     else:
         start = round(-slack / 2 * (1 + u.shift))
         clip[:] = speech[start:start + num_samples]
     clip *= 10 ** (u.peak_db / 20) / max(np.abs(clip).max(), 1e-9)
     floor = np.random.default_rng(u.seed).standard_normal(num_samples) * 10 ** (u.floor_db / 20)
     return clip + floor.astype(np.float32)
+
+
+def _add_context(clip: np.ndarray, start: int, end: int, context: np.ndarray, plan: Context,
+                 sample_rate: int) -> None:
+    """Write the halves of `context` before `start` and after `end` in place, at the planned gaps and level."""
+    rms = np.sqrt(np.mean(clip[start:end] ** 2)) / max(np.sqrt(np.mean(context**2)), 1e-12)
+    context = context * (rms * 10 ** (plan.level_db / 20))
+    half = len(context) // 2
+    before = start - round(plan.gaps_s[0] * sample_rate)
+    if before > 0:
+        tail = context[:half][-before:]
+        clip[before - len(tail):before] = tail
+    after = end + round(plan.gaps_s[1] * sample_rate)
+    if after < len(clip):
+        head = context[half:][:len(clip) - after]
+        clip[after:after + len(head)] = head
 
 
 def _speak_chunk(out: Path, utterances: list[Utterance], sample_rate: int) -> int:
@@ -433,7 +492,10 @@ def _speak_chunk(out: Path, utterances: list[Utterance], sample_rate: int) -> in
             voice = dataclasses.replace(voice, rate=min(faster, MAX_RATE))
             speech = _speak(u, voice, sample_rate)
         respoken += voice != u.voice
-        _write(out / u.path, _place(speech, u, num_samples), sample_rate)
+        context = None
+        if u.context is not None:
+            context = _speak(dataclasses.replace(u, text=u.context.text, seed=u.context.seed), u.voice, sample_rate)
+        _write(out / u.path, _place(speech, u, num_samples, sample_rate, context), sample_rate)
     return respoken
 
 
