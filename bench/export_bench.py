@@ -8,7 +8,7 @@ shared machine skews them alike.
 
     python bench/export_bench.py                                   # random-init teacher + student
     python bench/export_bench.py --checkpoint runs/teacher --checkpoint runs/student --data data/synth
-    python bench/export_bench.py --sizes student=student-64x4 --breakdown   # what fills each file
+    python bench/export_bench.py --sizes student=student-64x4:frame --breakdown   # what fills each file
 
 Random-init models give meaningful size and latency but not agreement or
 accuracy; give trained checkpoints and their data for those. (A random-init
@@ -33,13 +33,15 @@ from torch import nn
 
 from edgeast.audio.frontend import FrontendConfig, LogMelFrontend
 from edgeast.export.calibration import labelled_clips, probe_clips
+from edgeast.export.executorch import lean_for_xnnpack
 from edgeast.export.exporter import MODEL_FILES, ExportReport, export_model, mean_latency_ms
-from edgeast.models.ast import ASTClassifier, ast_config
+from edgeast.models.ast import TOKENIZERS, ASTClassifier, ast_config
 from edgeast.models.checkpoint import load_model
 from edgeast.models.keyword import KeywordModel
 from edgeast.runtime.backends import open_backend
 
-DEFAULT_SIZES = "teacher=tiny,student=student-64x4"  # name=size of edgeast.models.ast.SIZES
+# name=size[:tokenizer] (edgeast.models.ast.SIZES, TOKENIZERS); the student is the quickstart's (frame tokens)
+DEFAULT_SIZES = "teacher=tiny,student=student-64x4:frame"
 
 
 def build_models(args) -> dict[str, KeywordModel]:
@@ -47,12 +49,14 @@ def build_models(args) -> dict[str, KeywordModel]:
         return {Path(path).name: load_model(path) for path in args.checkpoint}
     torch.manual_seed(0)
     labels = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go", "_unknown_", "_silence_"]
-    return {
-        f"{name} ({size}, random init)": KeywordModel(
-            LogMelFrontend(FrontendConfig()), ASTClassifier(ast_config(size, num_classes=len(labels))), labels
+    models = {}
+    for name, spec in args.sizes.items():
+        size, _, tokenizer = spec.partition(":")
+        config = ast_config(size, num_classes=len(labels), **(TOKENIZERS[tokenizer] if tokenizer else {}))
+        models[f"{name} ({spec}, random init)"] = KeywordModel(
+            LogMelFrontend(FrontendConfig()), ASTClassifier(config), labels
         ).eval()
-        for name, size in args.sizes.items()
-    }
+    return models
 
 
 def clips(args, model: KeywordModel):
@@ -121,21 +125,25 @@ def bench_model(name: str, model: KeywordModel, args, out: Path) -> tuple[list[d
 
 
 def _tensor_roles(model: KeywordModel) -> tuple[dict[bytes, str], set[int]]:
-    """Float32 bytes of every known tensor -> its role, and the sizes of the classifier's matmul weights."""
-    def layouts(tensor):  # as stored, and transposed (ONNX keeps a MatMul weight as [in, out])
-        tensor = tensor.detach().float()
-        return [tensor, tensor.reshape(tensor.shape[0], -1).T] if tensor.dim() > 1 else [tensor]
+    """Float32 bytes of every known tensor -> its role, and the sizes of the classifier's matmul weights.
 
-    roles = {variant.contiguous().numpy().tobytes(): "front end constants"
-             for buffer in model.frontend.buffers() for variant in layouts(buffer)}
+    Tensors are also known rounded to float16 (the int8 ONNX file stores most of its floats so).
+    """
+    roles: dict[bytes, str] = {}
+
+    def add(tensor, role):  # as stored and transposed (ONNX keeps a MatMul weight as [in, out]), exact and rounded
+        tensor = tensor.detach().float()
+        for variant in [tensor, tensor.reshape(tensor.shape[0], -1).T] if tensor.dim() > 1 else [tensor]:
+            for rounded in (variant, variant.half().float()):
+                roles.setdefault(rounded.contiguous().numpy().tobytes(), role)
+
+    for buffer in model.frontend.buffers():
+        add(buffer, "front end constants")
     weights = [module.weight for module in model.classifier.modules() if isinstance(module, (nn.Linear, nn.Conv2d))]
     for tensor in model.classifier.parameters():
-        role = "matmul/conv weights (float)" if any(tensor is w for w in weights) else "biases, norms, positions"
-        for variant in layouts(tensor):
-            roles.setdefault(variant.contiguous().numpy().tobytes(), role)
+        add(tensor, "matmul/conv weights (float)" if any(tensor is w for w in weights) else "biases, norms, positions")
     encoder = model.classifier.encoder
-    roles.setdefault(encoder.pos_embed[:, encoder.num_prefix:].detach().contiguous().numpy().tobytes(),
-                     "biases, norms, positions")  # the patch positions, folded out of the class token's
+    add(encoder.pos_embed[:, encoder.num_prefix:], "biases, norms, positions")  # folded out of the class token's
     return roles, {w.numel() for w in weights}
 
 
@@ -161,7 +169,7 @@ def pte_breakdown(path: Path, model: KeywordModel, int8: bool) -> Counter:
 
     data = path.read_bytes()
     pte = deserialize_pte_binary(data)
-    roles, weight_sizes = _tensor_roles(model)
+    roles, weight_sizes = _tensor_roles(lean_for_xnnpack(model))  # the weights as the .pte holds them
     parts = Counter({"program flatbuffer": _get_extended_header(data).program_size,
                      "XNNPACK graph": sum(len(d.data) for d in pte.program.backend_delegate_data)})
     blobs = [pte.named_data.buffers[entry.buffer_index] for entry in pte.named_data.pte_data.values()]
@@ -181,12 +189,13 @@ def onnx_breakdown(path: Path, model: KeywordModel, int8: bool) -> Counter:
     parts = Counter()
     for init in onnx.load(path).graph.initializer:
         array = numpy_helper.to_array(init)
-        if init.name.endswith(("_scale", "_zero_point")):
-            role = "scales, int32 biases, other"
-        elif array.dtype == np.float32:
-            role = roles.get(array.tobytes(), "biases, norms, positions")
+        if array.dtype == np.int8:
+            role = "matmul/conv weights (int8)"
+        elif array.dtype in (np.float32, np.float16):  # unknown float16: the int8 weights' scales
+            unknown = "biases, norms, positions" if array.dtype == np.float32 else "scales, int32 biases, other"
+            role = roles.get(array.astype(np.float32).tobytes(), unknown)
         else:
-            role = "matmul/conv weights (int8)" if array.dtype == np.int8 else "scales, int32 biases, other"
+            role = "scales, int32 biases, other"
         parts[role] += array.nbytes
     parts["graph (nodes, names)"] = path.stat().st_size - sum(parts.values())
     return parts
@@ -229,7 +238,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", action="append", help="trained checkpoint directory (repeatable)")
     parser.add_argument("--data", help="the checkpoints' dataset: calibration from train, parity on test")
-    parser.add_argument("--sizes", default=DEFAULT_SIZES, help="random-init models to build, name=size,...",
+    parser.add_argument("--sizes", default=DEFAULT_SIZES,
+                        help="random-init models to build, name=size[:tokenizer],... (tokenizer: patch or frame)",
                         type=lambda s: dict(item.split("=") for item in s.split(",")))
     parser.add_argument("--formats", default="pte,onnx", type=lambda s: s.split(","))
     parser.add_argument("--threads", default="1,2", type=lambda s: [int(t) for t in s.split(",")])

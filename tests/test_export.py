@@ -18,7 +18,7 @@ from edgeast.export.exporter import (
 )
 from edgeast.export.metadata import ArtifactMeta
 from edgeast.export.onnx import read_embedded_meta
-from edgeast.models.ast import ASTClassifier, ASTConfig
+from edgeast.models.ast import ASTClassifier, ASTConfig, Attention
 from edgeast.models.checkpoint import save_model
 from edgeast.models.keyword import KeywordModel
 from edgeast.runtime.backends import open_backend
@@ -179,13 +179,14 @@ def test_onnx_int8_keeps_front_end_float(model, int8_export):
     graph = onnx.load(int8_export[0] / "model.onnx").graph
     initializers = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
     producer = {name: node for node in graph.node for name in node.output}
+    cast_to = {node.input[0]: node.output[0] for node in graph.node if node.op_type == "Cast"}
     frontend = model.frontend
-    weights = {name: buffer.numpy() for name, buffer in frontend.named_buffers()
-               if name.startswith(("stage", "mel_block"))}  # the front end's matmul weights
+    # the DFT's weights are float32; the mel weights are stored float16 and cast back to float32
+    weights = {name: buffer.numpy().astype(np.float16 if name.startswith("mel_block") else np.float32)
+               for name, buffer in frontend.named_buffers() if name.startswith(("stage", "mel_block"))}
     assert len(weights) == 4 + len(frontend.mel_spans)
     for name, array in weights.items():
-        copies = [key for key, value in initializers.items() if value.dtype == np.float32
-                  and value.shape in (array.shape, array.T.shape)
+        copies = [cast_to.get(key, key) for key, value in initializers.items() if value.dtype == array.dtype
                   and (np.array_equal(value, array) or np.array_equal(value, array.T))]
         nodes = [node for node in graph.node if set(node.input) & set(copies)]
         assert nodes and {node.op_type for node in nodes} == {"MatMul"}, f"{name} is not a float MatMul weight"
@@ -193,10 +194,35 @@ def test_onnx_int8_keeps_front_end_float(model, int8_export):
             assert not {producer[i].op_type for i in node.input if i in producer} & {
                 "DynamicQuantizeLinear", "DequantizeLinear"}, f"{node.name} reads quantized input"
     int8_size = sum(v.size for v in initializers.values() if v.dtype == np.int8)
-    linear_size = sum(m.weight.numel() for m in model.classifier.modules() if isinstance(m, torch.nn.Linear))
-    assert int8_size >= linear_size  # while the classifier's Linear weights are int8
-    assert sum(node.op_type == "MatMulInteger" for node in graph.node) == sum(
-        isinstance(m, torch.nn.Linear) for m in model.classifier.modules())
+    linears = [m for m in model.classifier.modules() if isinstance(m, torch.nn.Linear)]
+    assert int8_size >= sum(m.weight.numel() for m in linears)  # while the classifier's Linear weights are int8
+    # every Linear and the patch embedding (non-overlapping patches: a matmul too) run as int8 matmuls
+    assert sum(node.op_type == "MatMulInteger" for node in graph.node) == len(linears) + 1
+
+
+def test_non_overlapping_patches_embed_as_the_conv_does():
+    for overrides in (dict(patch_f=128, patch_t=2, stride_f=128, stride_t=2), {},  # frame tokens, 16x16 patches
+                      dict(num_frames=103, input_norm="batchnorm")):  # a remainder the conv leaves out
+        torch.manual_seed(0)
+        encoder = ASTClassifier(ASTConfig(embed_dim=64, depth=1, num_heads=2, num_classes=2, **overrides)).encoder
+        features = torch.randn(3, encoder.cfg.num_frames, 128)
+        conv = encoder.patch_embed(encoder._normalize_input(features)).flatten(2).transpose(1, 2)
+        assert torch.allclose(encoder.embed_patches(features), conv, atol=1e-5)
+
+
+def test_lean_graph_model_computes_the_same_logits():
+    waves = probe_clips(3, seed=7)
+    for overrides in (dict(qkv_bias=False), dict(block="post", prefix_tokens=2, dist_head=True, pool="cls")):
+        torch.manual_seed(0)
+        cfg = ASTConfig(embed_dim=64, depth=2, num_heads=2, patch_f=128, patch_t=2, stride_f=128, stride_t=2,
+                        num_frames=100, num_classes=4, **overrides)
+        model = KeywordModel(LogMelFrontend(FrontendConfig()), ASTClassifier(cfg), LABELS).eval()
+        for param in model.parameters():  # no unit norms or zero biases, which would hide a wrong fold
+            torch.nn.init.normal_(param, std=0.3)
+        lean = et_export.lean_for_xnnpack(model)
+        assert lean is not model and not any(isinstance(m, Attention) for m in lean.modules())
+        with torch.no_grad():
+            assert torch.allclose(lean(waves), model(waves), atol=1e-5)
 
 
 def test_pte_int8_keeps_front_end_float(model):
@@ -214,12 +240,14 @@ def test_pte_int8_keeps_front_end_float(model):
     assert classifier_ops and all(classifier_ops)  # patch conv and every Linear are int8
 
 
-def test_int8_pte_lowers_to_one_xnnpack_call(model):
+@pytest.mark.parametrize("int8", [False, True])
+def test_pte_lowers_to_one_xnnpack_call(model, int8):
     example = torch.zeros(1, 16000)
-    quantized = et_export.quantize_classifier(model, example, tone_set(8, seed=3)[0])
-    graph = et_export.lower_to_xnnpack(quantized, example).exported_program().graph
+    lean = et_export.lean_for_xnnpack(model)
+    graph_model = et_export.quantize_classifier(lean, example, tone_set(8, seed=3)[0]) if int8 else lean
+    graph = et_export.lower_to_xnnpack(graph_model, example).exported_program().graph
     calls = [str(node.target) for node in graph.nodes if node.op == "call_function"]
-    # no portable-op fallback anywhere: front end, norms, attention and pooling all run in XNNPACK
+    # no portable-op fallback anywhere: front end, patch embedding, norms, attention and pooling all run in XNNPACK
     assert [call for call in calls if "getitem" not in call] == ["executorch_call_delegate"]
 
 

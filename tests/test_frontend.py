@@ -195,6 +195,16 @@ def test_compute_stats_streams_to_the_pooled_mean_and_std():
         compute_stats([], cfg)
 
 
+def test_float16_mel_weights_stay_within_kaldi_tolerance():
+    """The int8 ONNX file stores the mel weights as float16: the log-mel must not move by more than 5e-4."""
+    exact = LogMelFrontend(FrontendConfig())
+    rounded = LogMelFrontend(FrontendConfig())
+    for weight in rounded.mel_weights():
+        weight.copy_(weight.half().float())
+    wave = torch.stack([speech_like(SR, peak=0.99, seed=41), speech_like(SR, peak=1e-3, seed=42)])
+    assert (rounded.fbank(wave) - exact.fbank(wave)).abs().max() <= 5e-4
+
+
 def _export_inputs() -> tuple[LogMelFrontend, torch.Tensor]:
     frontend = LogMelFrontend(FrontendConfig(num_mel_bins=128, num_frames=100)).eval()
     wave = torch.stack([speech_like(SR, peak=0.99, seed=31), speech_like(SR, peak=1e-3, seed=32)])

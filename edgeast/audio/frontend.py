@@ -214,6 +214,10 @@ class LogMelFrontend(nn.Module):
         for name, value in constants.items():
             self.register_buffer(name, value.to(torch.float32), persistent=False)
 
+    def mel_weights(self) -> list[torch.Tensor]:
+        """The weight of each block of mel bins, ``[mels in block, FFT bins of mel_spans[i]]``."""
+        return [getattr(self, f"mel_block{i}") for i in range(len(self.mel_spans))]
+
     def num_frames_for(self, num_samples: int) -> int:
         """Frames ``forward`` returns for a waveform of ``num_samples`` samples."""
         if num_samples < self.cfg.frame_length:
@@ -254,11 +258,8 @@ class LogMelFrontend(nn.Module):
         if self.cfg.subtract_wave_mean and not self.cfg.remove_dc_offset:  # else it cancels exactly (see top)
             wave = wave - wave.reshape(wave.shape[0], 1, 1, -1).mean(dim=(2, 3), keepdim=True).flatten(1)
         power = self._power_spectrum(self._windowed(self._frames(wave)))
-        mel = torch.cat(
-            [F.linear(power[..., first:end], getattr(self, f"mel_block{i}"))
-             for i, (first, end) in enumerate(self.mel_spans)],
-            dim=-1,
-        )
+        blocks = zip(self.mel_spans, self.mel_weights())
+        mel = torch.cat([F.linear(power[..., first:end], weight) for (first, end), weight in blocks], dim=-1)
         return torch.log(torch.clamp(mel, min=LOG_EPSILON))
 
     def _frames(self, wave: torch.Tensor) -> torch.Tensor:

@@ -262,17 +262,37 @@ class ASTEncoder(nn.Module):
         if cfg.pos_embed == "learned":
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
-    def _normalize_input(self, x: Tensor) -> Tensor:
-        """[B, T, F] -> [B, 1, F, T], with MAE-AST's input BatchNorm when configured."""
-        x = x.transpose(1, 2).unsqueeze(1)  # [B, 1, F, T]
+    def _scaled_input(self, x: Tensor) -> Tensor:
+        """[B, T, F] with MAE-AST's input BatchNorm applied when configured (one channel: any layout)."""
         if self.cfg.input_norm == "batchnorm":
-            x = self.input_norm(x) * 0.5
+            return self.input_norm(x.unsqueeze(1)).squeeze(1) * 0.5
         return x
 
+    def _normalize_input(self, x: Tensor) -> Tensor:
+        """[B, T, F] -> [B, 1, F, T], with MAE-AST's input BatchNorm when configured."""
+        return self._scaled_input(x).transpose(1, 2).unsqueeze(1)
+
     def embed_patches(self, x: Tensor) -> Tensor:
-        """Features [B, T, F] -> patch embeddings [B, N, D], without positions."""
-        x = self.patch_embed(self._normalize_input(x))  # [B, D, n_f, n_t]
-        return x.flatten(2).transpose(1, 2)  # [B, N, D], index = f * n_t + t
+        """Features [B, T, F] -> patch embeddings [B, N, D], without positions.
+
+        Non-overlapping patches (stride == kernel, e.g. frame tokens) are cut with reshapes and
+        embedded by a matmul with the conv's weight: the conv's result, but exported as a Linear,
+        which int8 export quantizes in every runtime (ONNX Runtime's dynamic quantization leaves
+        convs float).
+        """
+        cfg = self.cfg
+        if (cfg.stride_f, cfg.stride_t) != (cfg.patch_f, cfg.patch_t):
+            x = self.patch_embed(self._normalize_input(x))  # [B, D, n_f, n_t]
+            return x.flatten(2).transpose(1, 2)  # [B, N, D], index = f * n_t + t
+        n_f, n_t = self.grid
+        x = self._scaled_input(x)
+        used_t, used_f = n_t * cfg.patch_t, n_f * cfg.patch_f
+        if x.shape[1:] != (used_t, used_f):  # the conv ignores a remainder that fills no patch
+            x = x[:, :used_t, :used_f]
+        # [B, n_t, dt, n_f, df] -> [B, n_f, n_t, df, dt]: token order, values in the conv weight's order
+        patches = x.reshape(x.shape[0], n_t, cfg.patch_t, n_f, cfg.patch_f).permute(0, 3, 1, 4, 2)
+        return F.linear(patches.reshape(x.shape[0], n_f * n_t, -1), self.patch_embed.weight.flatten(1),
+                        self.patch_embed.bias)
 
     def add_pos(self, tokens: Tensor, ids: Tensor | None = None) -> Tensor:
         """Add patch positions; ``ids`` [B, N'] names which patches ``tokens`` [B, N', D] are."""
