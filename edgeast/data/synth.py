@@ -96,10 +96,13 @@ class SynthConfig:
     `language`. Speech clips (`speech_clips`) are 1 s crops of keyword-free
     sentences, cut anywhere, so words are clipped at the edges: what a
     streaming detector hears between keywords, which isolated unknown words
-    do not teach. With `context_prob`, that share of the keyword and unknown-word
-    clips also hears the speaker talk before and after the word (keyword-free
-    speech, 0.05-0.5 s away from it, -6..+3 dB against it), as a word said in
-    the middle of speech sounds to a sliding window. Unlabeled clips are random word sequences drawn from common
+    do not teach. With `context_prob`, that share of the train split's keyword
+    and unknown-word clips also hears the speaker talk before and after the
+    word (keyword-free speech, 0.05-0.5 s away from it, -6..+3 dB against it),
+    as a word said in the middle of speech sounds to a sliding window. Val and
+    test words stay isolated, as in Speech Commands, so accuracy measures
+    words; words in running speech are what the stream benchmark measures.
+    Unlabeled clips are random word sequences drawn from common
     English words plus the keywords and unknown words (for other languages
     only the latter two), spoken by train speakers, as real speech would
     contain the keywords too.
@@ -113,7 +116,7 @@ class SynthConfig:
     keyword_clips: tuple[int, int, int] = (100, 20, 20)
     unknown_clips: tuple[int, int, int] = (12, 3, 3)
     speech_clips: tuple[int, int, int] = (0, 0, 0)  # running-speech crops per split, read as _unknown_
-    context_prob: float = 0.0  # share of word clips with running speech at the window edges
+    context_prob: float = 0.0  # share of train word clips with running speech at the window edges
     speaker_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     noise_seconds: float = 60.0
     unlabeled: int = 0
@@ -198,7 +201,7 @@ def synthesize_dataset(out: str | Path, cfg: SynthConfig | None = None, show_pro
     rng = np.random.default_rng(cfg.seed)
     speakers = _plan_speakers(cfg, rng)
     clips, clip_speakers = _plan_clips(cfg, phrases, keyword_folders, speakers, rng)
-    clips = _plan_context(cfg, clips, _keyword_free_words(cfg, phrases, keyword_folders), rng)
+    clips = _plan_context(cfg, clips, clip_speakers, _keyword_free_words(cfg, phrases, keyword_folders), rng)
     speech, speech_speakers = _plan_speech(cfg, phrases, keyword_folders, speakers, rng)
     clips, clip_speakers = clips + speech, {**clip_speakers, **speech_speakers}
     unlabeled = _plan_unlabeled(cfg, list(phrases.values()), speakers, rng)
@@ -342,13 +345,14 @@ def _keyword_free_words(cfg: SynthConfig, phrases: dict[str, str], keyword_folde
     return [w for w in _sentence_words(cfg, list(phrases.values())) if w.lower() not in keyword_words]
 
 
-def _plan_context(cfg: SynthConfig, clips: list[Utterance], words: list[str], rng) -> list[Utterance]:
-    """Give `context_prob` of the word clips speech around the word (no draws at all when 0)."""
+def _plan_context(cfg: SynthConfig, clips: list[Utterance], clip_speakers: dict[str, Speaker], words: list[str],
+                  rng) -> list[Utterance]:
+    """Give `context_prob` of the train split's word clips speech around the word (no draws at all when 0)."""
     if cfg.context_prob <= 0.0:
         return clips
     out = []
     for u in clips:
-        if rng.random() < cfg.context_prob:
+        if clip_speakers[u.path].split == "train" and rng.random() < cfg.context_prob:
             text = _sentence(words, u.voice, 2 * cfg.clip_seconds, rng)
             gaps = (float(rng.uniform(*CONTEXT_GAP_S)), float(rng.uniform(*CONTEXT_GAP_S)))
             u = dataclasses.replace(u, context=Context(text, int(rng.integers(2**31)), gaps,
