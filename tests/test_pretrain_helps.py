@@ -65,7 +65,7 @@ def fine_tune(init: str, data: DataConfig, frontend: FrontendConfig, out: Path) 
                             shift_ms=100.0, gain_db=6.0)
     cfg = FinetuneConfig(init=init, layer_decay=0.75, augment=augment, engine=engine(FINETUNE_STEPS, 2e-3))
     torch.manual_seed(0)
-    model = init_teacher(cfg, MODEL, frontend, list(train.labels), None)
+    model = init_teacher(cfg, MODEL, frontend, list(train.labels), None, train)
     model, _ = run_finetune(cfg, model, train, out)
     model.eval()
     results = [evaluate_model(model, split) for split in (val, test)]

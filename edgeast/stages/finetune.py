@@ -103,16 +103,27 @@ class KeywordTrainee(nn.Module):
         return list(groups.values())
 
 
+def starts_from_weights(cfg: FinetuneConfig, pretrain_dir: Path | None) -> bool:
+    """False for random init: `init: scratch`, or `init: pretrain` with no pretraining checkpoint."""
+    return not (cfg.init == "scratch" or (cfg.init == "pretrain" and pretrain_dir is None))
+
+
 def init_teacher(cfg: FinetuneConfig, model_cfg: ModelConfig, frontend: FrontendConfig,
-                 labels: list[str], pretrain_dir: Path | None) -> KeywordModel:
-    """The starting point: our pretraining, an imported checkpoint, or random init."""
-    if cfg.init == "scratch" or (cfg.init == "pretrain" and pretrain_dir is None):
-        classifier = build_classifier(model_cfg, frontend, len(labels))
-    else:
-        src = pretrain_dir if cfg.init == "pretrain" else Path(cfg.init)
-        overrides = {k: v for k, v in model_cfg.overrides.items() if k in ("drop_path", "dropout", "stride_f", "stride_t", "pool")}
-        classifier = from_pretrained(src, num_classes=len(labels), num_frames=frontend.num_frames or 100, **overrides)
-    return KeywordModel(LogMelFrontend(frontend), classifier, labels)
+                 labels: list[str], pretrain_dir: Path | None, train_set=None) -> KeywordModel:
+    """The starting point: our pretraining, an imported checkpoint, or random init.
+
+    Trained weights get their pooled features standardized on `train_set` when given
+    (`cfg.standardize_features`, see `standardize_features`); random init never does.
+    """
+    if not starts_from_weights(cfg, pretrain_dir):
+        return KeywordModel(LogMelFrontend(frontend), build_classifier(model_cfg, frontend, len(labels)), labels)
+    src = pretrain_dir if cfg.init == "pretrain" else Path(cfg.init)
+    overrides = {k: v for k, v in model_cfg.overrides.items() if k in ("drop_path", "dropout", "stride_f", "stride_t", "pool")}
+    classifier = from_pretrained(src, num_classes=len(labels), num_frames=frontend.num_frames or 100, **overrides)
+    model = KeywordModel(LogMelFrontend(frontend), classifier, labels)
+    if cfg.standardize_features and train_set is not None and classifier.cfg.norm_position == "final":
+        standardize_features(model, train_set)
+    return model
 
 
 @torch.no_grad()
@@ -145,13 +156,7 @@ def standardize_features(model: KeywordModel, dataset, *, max_clips: int = 2000,
 def run_finetune(cfg: FinetuneConfig, model: KeywordModel, train_set, out: Path, *,
                  evaluate=None, noise_bank: Tensor | None = None, resume: bool = False,
                  provenance: dict | None = None):
-    """Train `model` on `train_set`; writes <out>/model (checkpoint) and returns (model, FitResult).
-
-    A model that starts from trained encoder weights (`cfg.init` other than "scratch") first
-    gets its pooled features standardized on `train_set` (`standardize_features`).
-    """
-    if cfg.init != "scratch" and model.classifier.cfg.norm_position == "final":
-        standardize_features(model, train_set)
+    """Train `model` on `train_set`; writes <out>/model (checkpoint) and returns (model, FitResult)."""
     trainee = KeywordTrainee(model, cfg, noise_bank)
     trainer = Trainer(cfg.engine, trainee, train_set, out, evaluate=evaluate, name="finetune")
     result = trainer.fit(resume=resume)

@@ -182,13 +182,14 @@ def run_pipeline(recipe: Recipe, stages: list[str] | None = None, resume: bool =
 
     teacher_dir = out / "teacher"
     if "finetune" in stages and recipe.finetune.enabled:
-        from edgeast.stages.finetune import init_teacher, run_finetune
+        from edgeast.stages.finetune import init_teacher, run_finetune, starts_from_weights
 
         start = time.time()
         if not (teacher_dir / "model").is_dir():
-            console.rule(f"teacher (init: {recipe.finetune.init})")
-            teacher = init_teacher(recipe.finetune, recipe.teacher, frontend, labels,
-                                   pretrain_dir if pretrain_dir.is_dir() else None)
+            found = pretrain_dir if pretrain_dir.is_dir() else None
+            init = recipe.finetune.init if starts_from_weights(recipe.finetune, found) else "random (no pretraining)"
+            console.rule(f"teacher (init: {init})")
+            teacher = init_teacher(recipe.finetune, recipe.teacher, frontend, labels, found, train_set)
             teacher, _ = run_finetune(recipe.finetune, teacher, train_set, teacher_dir, noise_bank=noise,
                                       evaluate=evaluator(lambda t: t.model), resume=resume)
         if ctx.is_main:

@@ -54,6 +54,7 @@ class FinetuneConfig:
     label_smoothing: float = 0.0
     layer_decay: float = 1.0            # layer-wise LR decay (1.0 = off)
     linear_probe: bool = False          # freeze the encoder, train the head only
+    standardize_features: bool = True   # trained weights: fold pooled-feature mean/std into the final norm
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
 
