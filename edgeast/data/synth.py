@@ -117,6 +117,7 @@ class SynthConfig:
     unknown_clips: tuple[int, int, int] = (12, 3, 3)
     speech_clips: tuple[int, int, int] = (0, 0, 0)  # running-speech crops per split, read as _unknown_
     context_prob: float = 0.0  # share of train word clips with running speech at the window edges
+    word_spread: float = 0.5  # where a word may sit: 0.5 = the middle half of the free time, 1 = anywhere
     speaker_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     noise_seconds: float = 60.0
     unlabeled: int = 0
@@ -194,6 +195,8 @@ def synthesize_dataset(out: str | Path, cfg: SynthConfig | None = None, show_pro
         raise SynthError(f"{out}: folder exists and is not empty; choose a new folder or delete it")
     if not 0.0 <= cfg.context_prob <= 1.0:
         raise SynthError(f"context_prob={cfg.context_prob}: a share of clips must lie in [0, 1]")
+    if not 0.0 <= cfg.word_spread <= 1.0:
+        raise SynthError(f"word_spread={cfg.word_spread}: must lie in [0, 1] (0 centres every word)")
     start = time.perf_counter()
     phrases = _phrases(cfg)
     keyword_folders = list(phrases)[:len(cfg.keywords)]
@@ -335,7 +338,8 @@ def _plan_clips(cfg, phrases, keyword_folders, speakers, rng) -> tuple[list[Utte
                 speaker = pool[order[k % len(pool)]]
                 n = said[speaker.id] = said.get(speaker.id, -1) + 1
                 path = f"{folder}/{speaker.id}_nohash_{n}.wav"
-                clips.append(_utterance(path, cfg.clip_seconds, phrase, speaker.voice, rng, fit=True, shift=0.5))
+                clips.append(_utterance(path, cfg.clip_seconds, phrase, speaker.voice, rng, fit=True,
+                                        shift=cfg.word_spread))
                 clip_speakers[path] = speaker
     return clips, clip_speakers
 
