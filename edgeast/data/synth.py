@@ -77,6 +77,7 @@ MAX_SPEECH_FRACTION = 0.9  # a keyword longer than this part of its clip is spok
 TRIM_DB = -50.0  # speech edges: first/last sample above this level relative to the peak
 NOISE_RMS_DB = -20.0
 BABBLE_TALKERS = 6
+WORD_SPREAD = 0.5  # words sit in the middle half of the time their clip leaves free
 SPEECH_SENTENCE_CLIPS = 2.5  # a speech clip is cut from a sentence this many clips long
 CONTEXT_GAP_S = (0.05, 0.5)  # pause between a word and the speech around it
 CONTEXT_LEVEL_DB = (-6.0, 3.0)  # that speech's RMS against the word's
@@ -117,7 +118,7 @@ class SynthConfig:
     unknown_clips: tuple[int, int, int] = (12, 3, 3)
     speech_clips: tuple[int, int, int] = (0, 0, 0)  # running-speech crops per split, read as _unknown_
     context_prob: float = 0.0  # share of train word clips with running speech at the window edges
-    word_spread: float = 0.5  # where a word may sit: 0.5 = the middle half of the free time, 1 = anywhere
+    word_spread: float = WORD_SPREAD  # where a train word may sit: 0.5 = middle half of the free time, 1 = anywhere
     speaker_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     noise_seconds: float = 60.0
     unlabeled: int = 0
@@ -338,8 +339,8 @@ def _plan_clips(cfg, phrases, keyword_folders, speakers, rng) -> tuple[list[Utte
                 speaker = pool[order[k % len(pool)]]
                 n = said[speaker.id] = said.get(speaker.id, -1) + 1
                 path = f"{folder}/{speaker.id}_nohash_{n}.wav"
-                clips.append(_utterance(path, cfg.clip_seconds, phrase, speaker.voice, rng, fit=True,
-                                        shift=cfg.word_spread))
+                spread = cfg.word_spread if split == "train" else WORD_SPREAD  # val/test: words as recorded
+                clips.append(_utterance(path, cfg.clip_seconds, phrase, speaker.voice, rng, fit=True, shift=spread))
                 clip_speakers[path] = speaker
     return clips, clip_speakers
 
