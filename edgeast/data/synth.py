@@ -462,7 +462,7 @@ def _place(speech: np.ndarray, u: Utterance, num_samples: int, sample_rate: int,
     if slack >= 0:
         start = round(slack / 2 * (1 + u.shift))
         clip[start:start + len(speech)] = speech
-        if context is not None and u.context is not None:
+        if context is not None:  # spoken only for utterances with a planned context
             _add_context(clip, start, start + len(speech), context, u.context, sample_rate)
     else:
         start = round(-slack / 2 * (1 + u.shift))
