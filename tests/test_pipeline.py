@@ -103,6 +103,37 @@ def test_distill_with_cached_teacher_logits(tiny_run, tmp_path):
     assert student.labels == teacher.labels
 
 
+def test_students_side_by_side_match_one_after_the_other(tiny_run, tmp_path):
+    """The baseline student trained in a second process is the one a sequential run trains."""
+    import os
+    import shutil
+
+    import torch
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("side-by-side training needs 2 CPU cores; this machine has 1")
+    recipe, _ = tiny_run
+    threads = torch.get_num_threads()
+    weights = {}
+    try:
+        for mode, n_threads in (("sequential", 1), ("side_by_side", 2)):
+            out = tmp_path / mode
+            out.mkdir()
+            shutil.copytree(recipe.out / "teacher", out / "teacher")
+            shutil.copy(recipe.out / "frontend.json", out)
+            torch.set_num_threads(n_threads)  # 2 threads: one per student, so both train at 1 thread
+            run = load_config(Recipe, None, [f"data.root={recipe.data.root}", f"run_dir={out}", *TINY])
+            result = run_pipeline(run, stages=["distill"])
+            assert set(result.stages) == {"student", "student_baseline"}
+            assert (out / "student_baseline" / "train.log").is_file() == (mode == "side_by_side")
+            weights[mode] = {name: load_model(out / name / "model").state_dict() for name in result.stages}
+    finally:
+        torch.set_num_threads(threads)
+    for name, state in weights["sequential"].items():
+        other = weights["side_by_side"][name]
+        assert all(torch.equal(state[k], other[k]) for k in state), name
+
+
 def test_train_fine_tunes_an_imported_ssast_checkpoint(synth_dataset, tmp_path):
     """`edgeast import ssast` then `edgeast train` with finetune.init=<imported>: positions adapted, encoder reused."""
     import torch

@@ -12,6 +12,8 @@ interrupted stage from its last engine checkpoint.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -201,21 +203,77 @@ def run_pipeline(recipe: Recipe, stages: list[str] | None = None, resume: bool =
 
         teacher = load_model(teacher_dir / "model")
         runs = [("student", True)] + ([("student_baseline", False)] if recipe.distill.baseline else [])
-        for name, with_teacher in runs:
-            start = time.time()
-            stage_dir = out / name
-            if not (stage_dir / "model").is_dir():
+        pending = [(name, with_teacher) for name, with_teacher in runs if not (out / name / "model").is_dir()]
+        background, threads = None, side_by_side_threads(ctx, recipe, len(pending))
+        if threads:  # the baseline trains in a second process while this one trains the distilled student
+            side, log = pending[-1][0], out / pending[-1][0] / "train.log"
+            background = start_in_background(log, threads, run_distill, recipe.distill, teacher, train_set,
+                                             out / side, noise_bank=noise, resume=resume,
+                                             evaluate=evaluator(lambda t: t.model), with_teacher=False)
+            console.print(f"{side} trains in a second process beside the distilled student, {threads} thread(s) "
+                          f"each (progress: {log})")
+            pending, all_threads = pending[:1], torch.get_num_threads()
+            torch.set_num_threads(threads)
+        try:
+            for name, with_teacher in pending:
                 console.rule(f"{name} ({recipe.distill.student.size}{', distilled' if with_teacher else ', no teacher'})")
-                run_distill(recipe.distill, teacher, train_set, stage_dir, noise_bank=noise, resume=resume,
+                run_distill(recipe.distill, teacher, train_set, out / name, noise_bank=noise, resume=resume,
                             evaluate=evaluator(lambda t: t.model), with_teacher=with_teacher)
-            if ctx.is_main:
-                student = load_model(stage_dir / "model")
-                result.stages[name] = summarize(name, student, val_set, test_set, time.time() - start, stage_dir)
+        except BaseException:
+            if background is not None:
+                background.terminate()  # this process failed or was interrupted: stop the other one too
+            raise
+        finally:
+            if background is not None:
+                background.join()
+                torch.set_num_threads(all_threads)
+        if background is not None and background.exitcode != 0:
+            raise RuntimeError(f"{side} failed in its process (exit code {background.exitcode}); see {log}")
+        if ctx.is_main:
+            for name, _ in runs:
+                student = load_model(out / name / "model")
+                done = out / name / "done.json"  # training time: the two may have run side by side
+                seconds = json.loads(done.read_text()).get("wall_time_s", 0.0) if done.is_file() else 0.0
+                result.stages[name] = summarize(name, student, val_set, test_set, seconds, out / name)
 
     if ctx.is_main:
         print_summary(result)
         write_report(recipe, result)
     return result
+
+
+def side_by_side_threads(ctx, recipe: Recipe, pending: int) -> int:
+    """Threads per student when the two students train side by side, else 0.
+
+    A 64-dim student keeps only ~1 core busy (small matmuls, per-step
+    overheads), so with 2+ cores (and threads) two students in two processes take
+    the time of one. Not under torchrun or on a GPU, where one process owns the device.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    device = recipe.distill.engine.device
+    on_cpu = device == "cpu" or (device == "auto" and not (torch.cuda.is_available()
+                                                           or torch.backends.mps.is_available()))
+    budget = min(torch.get_num_threads(), cores)  # OMP_NUM_THREADS=1 keeps the run on one core
+    if pending < 2 or not recipe.distill.side_by_side or ctx.distributed or not on_cpu or budget < 2:
+        return 0
+    return budget // 2 if "fork" in multiprocessing.get_all_start_methods() else 0
+
+
+def _quietly(log: Path, threads: int, fn, args, kwargs) -> None:
+    """Child process body: output to `log`, `threads` threads, the exit code says whether `fn` succeeded."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+    torch.set_num_threads(threads)
+    fn(*args, **kwargs)
+
+
+def start_in_background(log: Path, threads: int, fn, *args, **kwargs) -> multiprocessing.Process:
+    """Run `fn(*args, **kwargs)` in a forked process (it shares the parent's data in memory)."""
+    process = multiprocessing.get_context("fork").Process(target=_quietly, args=(log, threads, fn, args, kwargs))
+    process.start()
+    return process
 
 
 HEADER = ["model", "params", "MACs / 1 s", "size", "val acc %", "test acc %", "time s"]

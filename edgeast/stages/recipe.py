@@ -74,6 +74,7 @@ class DistillConfig:
     attention_loss: str = "attention"   # "attention": head-averaged attention maps | "minilm": plus value relations
     cache_teacher: bool = False         # compute teacher logits once on clean clips instead of on the fly
     baseline: bool = True               # also train the same student without the teacher, for comparison
+    side_by_side: bool = True           # CPU, >= 2 cores: train the baseline in a second process meanwhile
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
 
