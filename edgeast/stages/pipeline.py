@@ -207,9 +207,7 @@ def run_pipeline(recipe: Recipe, stages: list[str] | None = None, resume: bool =
         background, threads = None, side_by_side_threads(ctx, recipe, len(pending))
         if threads:  # the baseline trains in a second process while this one trains the distilled student
             side, log = pending[-1][0], out / pending[-1][0] / "train.log"
-            background = start_in_background(log, threads, run_distill, recipe.distill, teacher, train_set,
-                                             out / side, noise_bank=noise, resume=resume,
-                                             evaluate=evaluator(lambda t: t.model), with_teacher=False)
+            background = start_baseline_process(recipe, threads, resume, log)
             console.print(f"{side} trains in a second process beside the distilled student, {threads} thread(s) "
                           f"each (progress: {log})")
             pending, all_threads = pending[:1], torch.get_num_threads()
@@ -256,22 +254,31 @@ def side_by_side_threads(ctx, recipe: Recipe, pending: int) -> int:
     budget = min(torch.get_num_threads(), cores)  # OMP_NUM_THREADS=1 keeps the run on one core
     if pending < 2 or not recipe.distill.side_by_side or ctx.distributed or not on_cpu or budget < 2:
         return 0
-    return budget // 2 if "fork" in multiprocessing.get_all_start_methods() else 0
+    return budget // 2
 
 
-def _quietly(log: Path, threads: int, fn, args, kwargs) -> None:
-    """Child process body: output to `log`, `threads` threads, the exit code says whether `fn` succeeded."""
+def train_baseline(recipe: Recipe, threads: int, resume: bool, log: Path) -> None:
+    """Body of the second process: the student without the teacher, output to `log`.
+
+    It is spawned, not forked (autograd refuses to run in a child forked from a
+    process that has used it), so it loads the data and the teacher itself.
+    """
+    from edgeast.stages.distill import run_distill
+
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f:
         os.dup2(f.fileno(), 1)
         os.dup2(f.fileno(), 2)
     torch.set_num_threads(threads)
-    fn(*args, **kwargs)
+    train_set, val_set = (labelled_split(recipe.data, split) for split in ("train", "val"))
+    teacher = load_model(recipe.out / "teacher" / "model")
+    noise = noise_bank(Path(recipe.data.root), teacher.frontend.cfg.sample_rate)
+    run_distill(recipe.distill, teacher, train_set, recipe.out / "student_baseline", noise_bank=noise, resume=resume,
+                evaluate=lambda t: {"val_acc": evaluate_model(t.model, val_set).accuracy}, with_teacher=False)
 
 
-def start_in_background(log: Path, threads: int, fn, *args, **kwargs) -> multiprocessing.Process:
-    """Run `fn(*args, **kwargs)` in a forked process (it shares the parent's data in memory)."""
-    process = multiprocessing.get_context("fork").Process(target=_quietly, args=(log, threads, fn, args, kwargs))
+def start_baseline_process(recipe: Recipe, threads: int, resume: bool, log: Path) -> multiprocessing.Process:
+    process = multiprocessing.get_context("spawn").Process(target=train_baseline, args=(recipe, threads, resume, log))
     process.start()
     return process
 
