@@ -9,7 +9,7 @@ import torch
 
 from edgeast.config import ConfigError
 from edgeast.models.asit import ASiTObjective
-from edgeast.models.ast import ASTConfig, ASTEncoder
+from edgeast.models.ast import ASTConfig, ASTEncoder, sincos_pos_embed
 from edgeast.models.masking import block_mask, cluster_mask, gather_tokens, mask_count, random_mask
 from edgeast.models.objectives import build_objective
 
@@ -182,6 +182,16 @@ def test_ssast_replaces_masked_embeddings_before_positions():
     expected_kept = gather_tokens(enc.add_pos(enc.embed_patches(features)), ids_keep)
     torch.testing.assert_close(gather_tokens(patches, ids_masked), expected_masked.expand(2, -1, -1))
     torch.testing.assert_close(gather_tokens(patches, ids_keep), expected_kept)
+
+
+def test_ssast_sincos_positions_start_learnable_from_the_table():
+    model = build_objective("ssast", TINY, {"pos_init": "sincos"})
+    enc = model.encoder
+    torch.testing.assert_close(enc.pos_embed[0, enc.num_prefix :], sincos_pos_embed(enc.grid, 64))
+    assert enc.pos_embed.requires_grad
+    assert build_objective("ssast", TINY).encoder.pos_embed.std() < 0.05  # default: SSAST's random init
+    with pytest.raises(ConfigError, match="pos_init='sine'"):
+        build_objective("ssast", TINY, {"pos_init": "sine"})
 
 
 def test_maeast_encoder_sees_only_kept_tokens():
