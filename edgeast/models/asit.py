@@ -28,6 +28,7 @@ from torch import Tensor
 
 from edgeast.models.ast import ASTEncoder
 from edgeast.models.masking import block_mask, gather_tokens, mask_count
+from edgeast.models.ssast import check_pos_init, init_positions
 
 
 @dataclass
@@ -43,6 +44,10 @@ class ASiTConfig:
     center_momentum: float = 0.9
     teacher_momentum: float = 0.996  # at step 0; cosine schedule to 1.0 at the last step
     reconstruction_weight: float = 2.0
+    pos_init: str = "random"  # "random" (trunc normal, std 0.02) | "sincos" (edgeast.models.ssast.init_positions)
+
+    def __post_init__(self) -> None:
+        check_pos_init("asit", self.pos_init)
 
 
 class ProjectionHead(nn.Module):
@@ -73,6 +78,7 @@ class ASiTObjective(nn.Module):
         super().__init__()
         self.cfg = cfg = cfg or ASiTConfig()
         self.encoder = encoder
+        init_positions(encoder, cfg.pos_init)  # before the teacher copies the encoder
         self.num_masked = mask_count(encoder.num_patches, cfg.mask_ratio)
         dim = encoder.cfg.embed_dim
         head = (dim, cfg.out_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim)
@@ -136,8 +142,10 @@ class ASiTObjective(nn.Module):
         with torch.no_grad():
             agreement = (student_local_logits.argmax(-1) == teacher_local.argmax(-1)).float().mean()
             teacher_probs = F.softmax((teacher_local.float() - self.center_local) / cfg.teacher_temp, dim=-1)
-            usage = teacher_probs.flatten(0, 1).mean(0)
+            teacher_probs = teacher_probs.flatten(0, 1)
+            usage = teacher_probs.mean(0)
             teacher_entropy = -(usage * usage.clamp_min(1e-12).log()).sum()
+            token_entropy = -(teacher_probs * teacher_probs.clamp_min(1e-12).log()).sum(-1).mean()
             if self.training:
                 self._update_center(self.center_global, teacher_global)
                 self._update_center(self.center_local, teacher_local)
@@ -146,7 +154,8 @@ class ASiTObjective(nn.Module):
             "loss_local": loss_local.detach(),
             "recon_l1": recon_l1.detach(),
             "acc": agreement,  # student/teacher argmax agreement on masked tokens
-            "teacher_entropy": teacher_entropy,  # of the mean teacher distribution; ~0 means collapse
+            "teacher_entropy": teacher_entropy,  # of the mean teacher distribution; ~0: all on one prototype
+            "token_entropy": token_entropy,  # mean per-token teacher entropy; ~ln(out_dim): uniform, nothing to learn
         }
         return loss, metrics
 
