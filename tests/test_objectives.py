@@ -289,3 +289,13 @@ def test_asit_state_dict_round_trip_keeps_teacher_and_centers():
     for key, value in restored.state_dict().items():
         assert torch.equal(value, state[key]), key
     assert not torch.equal(state["teacher.encoder.patch_embed.weight"], state["encoder.patch_embed.weight"])
+
+
+def test_asit_position_center_keeps_one_center_per_token():
+    model = build_objective("asit", TINY, {**SMALL_HEADS["asit"], "position_center": True})
+    assert model.center_local.shape == (32, 64) and model.center_global.shape == (1, 64)
+    model.train()
+    model(synthetic_features(4, torch.Generator().manual_seed(0)), generator=torch.Generator().manual_seed(1))
+    assert not torch.allclose(model.center_local[0], model.center_local[1])
+    centers = model.local_center(torch.tensor([[0, 5], [3, 7]]))
+    assert centers.shape == (2, 2, 64) and torch.equal(centers[1, 0], model.center_local[3])
