@@ -45,7 +45,7 @@ class ASiTConfig:
     teacher_momentum: float = 0.996  # at step 0; cosine schedule to 1.0 at the last step
     reconstruction_weight: float = 2.0
     pos_init: str = "random"  # "random" (trunc normal, std 0.02) | "sincos" (edgeast.models.ssast.init_positions)
-    position_center: bool = False  # one local center per token position (see ASiTObjective.local_center)
+    position_center: bool = False  # not in ASiT: one local center per token position (see local_center)
 
     def __post_init__(self) -> None:
         check_pos_init("asit", self.pos_init)
@@ -180,7 +180,8 @@ class ASiTObjective(nn.Module):
         With frame tokens and strong (sinusoidal) positions the teacher's token outputs are
         largely a function of position; one global center leaves that in the targets and the
         student matches them from the masked token's position alone (97% agreement, nothing
-        learned about the content). A center per position removes what position predicts.
+        learned about the content). A center per position removes what position predicts;
+        on the low-label set the targets then go uniform instead (bench/RESULTS.md).
         """
         if not self.cfg.position_center:
             return self.center_local

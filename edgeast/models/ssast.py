@@ -42,6 +42,7 @@ class SSASTConfig:
 
 
 def check_pos_init(objective: str, pos_init: str) -> None:
+    """Config check shared by the full-encoder objectives (SSAST, ASiT)."""
     if pos_init not in ("random", "sincos"):
         raise ConfigError(f"{objective}.pos_init={pos_init!r}: expected 'random' or 'sincos'")
 
