@@ -89,7 +89,8 @@ class ASiTObjective(nn.Module):
         student = nn.ModuleDict({"encoder": encoder, "global_head": self.global_head, "local_head": self.local_head})
         self.teacher = copy.deepcopy(student).requires_grad_(False).eval()
         self.register_buffer("center_global", torch.zeros(1, cfg.out_dim))
-        self.register_buffer("center_local", torch.zeros(encoder.num_patches if cfg.position_center else 1, cfg.out_dim))
+        local_centers = encoder.num_patches if cfg.position_center else 1
+        self.register_buffer("center_local", torch.zeros(local_centers, cfg.out_dim))
 
     def train(self, mode: bool = True) -> ASiTObjective:
         super().train(mode)
