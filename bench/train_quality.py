@@ -1,7 +1,7 @@
 """Does self-supervised pretraining help the teacher? One run, one table.
 
     python bench/train_quality.py                      # low-label recipe: MAE-AST 2000 steps
-    python bench/train_quality.py --objectives maeast:2000,ssast:800,asit:400/out_dim=1024/head_hidden_dim=512
+    python bench/train_quality.py --objectives maeast:2000,ssast:2000/pos_init=sincos
     python bench/train_quality.py --recipe train/recipes/quickstart.yaml --distill
 
 The teacher is fine-tuned once from random init and once per pretraining objective

@@ -9,7 +9,7 @@ import torch
 
 from edgeast.config import ConfigError
 from edgeast.models.asit import ASiTObjective
-from edgeast.models.ast import ASTConfig, ASTEncoder
+from edgeast.models.ast import ASTConfig, ASTEncoder, sincos_pos_embed
 from edgeast.models.masking import block_mask, cluster_mask, gather_tokens, mask_count, random_mask
 from edgeast.models.objectives import build_objective
 
@@ -184,6 +184,16 @@ def test_ssast_replaces_masked_embeddings_before_positions():
     torch.testing.assert_close(gather_tokens(patches, ids_keep), expected_kept)
 
 
+def test_ssast_sincos_positions_start_learnable_from_the_table():
+    model = build_objective("ssast", TINY, {"pos_init": "sincos"})
+    enc = model.encoder
+    torch.testing.assert_close(enc.pos_embed[0, enc.num_prefix :], sincos_pos_embed(enc.grid, 64))
+    assert enc.pos_embed.requires_grad
+    assert build_objective("ssast", TINY).encoder.pos_embed.std() < 0.05  # default: SSAST's random init
+    with pytest.raises(ConfigError, match="pos_init='sine'"):
+        build_objective("ssast", TINY, {"pos_init": "sine"})
+
+
 def test_maeast_encoder_sees_only_kept_tokens():
     model = build_objective("maeast", TINY)
     enc = model.encoder
@@ -279,3 +289,13 @@ def test_asit_state_dict_round_trip_keeps_teacher_and_centers():
     for key, value in restored.state_dict().items():
         assert torch.equal(value, state[key]), key
     assert not torch.equal(state["teacher.encoder.patch_embed.weight"], state["encoder.patch_embed.weight"])
+
+
+def test_asit_position_center_keeps_one_center_per_token():
+    model = build_objective("asit", TINY, {**SMALL_HEADS["asit"], "position_center": True})
+    assert model.center_local.shape == (32, 64) and model.center_global.shape == (1, 64)
+    model.train()
+    model(synthetic_features(4, torch.Generator().manual_seed(0)), generator=torch.Generator().manual_seed(1))
+    assert not torch.allclose(model.center_local[0], model.center_local[1])
+    centers = model.local_center(torch.tensor([[0, 5], [3, 7]]))
+    assert centers.shape == (2, 2, 64) and torch.equal(centers[1, 0], model.center_local[3])

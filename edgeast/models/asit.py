@@ -28,6 +28,7 @@ from torch import Tensor
 
 from edgeast.models.ast import ASTEncoder
 from edgeast.models.masking import block_mask, gather_tokens, mask_count
+from edgeast.models.ssast import check_pos_init, init_positions
 
 
 @dataclass
@@ -43,6 +44,11 @@ class ASiTConfig:
     center_momentum: float = 0.9
     teacher_momentum: float = 0.996  # at step 0; cosine schedule to 1.0 at the last step
     reconstruction_weight: float = 2.0
+    pos_init: str = "random"  # "random" (trunc normal, std 0.02) | "sincos" (edgeast.models.ssast.init_positions)
+    position_center: bool = False  # not in ASiT: one local center per token position (see local_center)
+
+    def __post_init__(self) -> None:
+        check_pos_init("asit", self.pos_init)
 
 
 class ProjectionHead(nn.Module):
@@ -73,6 +79,7 @@ class ASiTObjective(nn.Module):
         super().__init__()
         self.cfg = cfg = cfg or ASiTConfig()
         self.encoder = encoder
+        init_positions(encoder, cfg.pos_init)  # before the teacher copies the encoder
         self.num_masked = mask_count(encoder.num_patches, cfg.mask_ratio)
         dim = encoder.cfg.embed_dim
         head = (dim, cfg.out_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim)
@@ -82,7 +89,8 @@ class ASiTObjective(nn.Module):
         student = nn.ModuleDict({"encoder": encoder, "global_head": self.global_head, "local_head": self.local_head})
         self.teacher = copy.deepcopy(student).requires_grad_(False).eval()
         self.register_buffer("center_global", torch.zeros(1, cfg.out_dim))
-        self.register_buffer("center_local", torch.zeros(1, cfg.out_dim))
+        local_centers = encoder.num_patches if cfg.position_center else 1
+        self.register_buffer("center_local", torch.zeros(local_centers, cfg.out_dim))
 
     def train(self, mode: bool = True) -> ASiTObjective:
         super().train(mode)
@@ -123,30 +131,35 @@ class ASiTObjective(nn.Module):
         with torch.no_grad():
             teacher = self.teacher["encoder"](features)
             teacher_global = self.teacher["global_head"](self._global_token(teacher))
-            teacher_local = self.teacher["local_head"](gather_tokens(teacher[:, enc.num_prefix :], ids_masked))
+            teacher_tokens = self.teacher["local_head"](teacher[:, enc.num_prefix :])  # [B, N, K]
+            teacher_local = gather_tokens(teacher_tokens, ids_masked)
+            center_local = self.local_center(ids_masked)
         student_global = self.global_head(self._global_token(student))
         student_local_logits = self.local_head(student_local)
 
         loss_global = self._distill(student_global, teacher_global, self.center_global)
-        loss_local = self._distill(student_local_logits, teacher_local, self.center_local)
+        loss_local = self._distill(student_local_logits, teacher_local, center_local)
         target = gather_tokens(enc.patchify(features), ids_masked)
         recon_l1 = F.l1_loss(self.reconstruction_head(student_local).float(), target.float())
         loss = loss_global + loss_local + cfg.reconstruction_weight * recon_l1
 
         with torch.no_grad():
             agreement = (student_local_logits.argmax(-1) == teacher_local.argmax(-1)).float().mean()
-            teacher_probs = F.softmax((teacher_local.float() - self.center_local) / cfg.teacher_temp, dim=-1)
-            usage = teacher_probs.flatten(0, 1).mean(0)
+            teacher_probs = F.softmax((teacher_local.float() - center_local) / cfg.teacher_temp, dim=-1)
+            teacher_probs = teacher_probs.flatten(0, 1)
+            usage = teacher_probs.mean(0)
             teacher_entropy = -(usage * usage.clamp_min(1e-12).log()).sum()
+            token_entropy = -(teacher_probs * teacher_probs.clamp_min(1e-12).log()).sum(-1).mean()
             if self.training:
                 self._update_center(self.center_global, teacher_global)
-                self._update_center(self.center_local, teacher_local)
+                self._update_center(self.center_local, teacher_tokens if cfg.position_center else teacher_local)
         metrics = {
             "loss_global": loss_global.detach(),
             "loss_local": loss_local.detach(),
             "recon_l1": recon_l1.detach(),
             "acc": agreement,  # student/teacher argmax agreement on masked tokens
-            "teacher_entropy": teacher_entropy,  # of the mean teacher distribution; ~0 means collapse
+            "teacher_entropy": teacher_entropy,  # of the mean teacher distribution; ~0: all on one prototype
+            "token_entropy": token_entropy,  # mean per-token teacher entropy; ~ln(out_dim): uniform, nothing to learn
         }
         return loss, metrics
 
@@ -162,8 +175,23 @@ class ASiTObjective(nn.Module):
             student = F.log_softmax(student_logits.float() / self.cfg.student_temp, dim=-1)
             return -(teacher * student).sum(dim=-1).mean()
 
+    def local_center(self, ids_masked: Tensor) -> Tensor:
+        """The center for the masked tokens' teacher logits: ``[1, K]``, or ``[B, M, K]`` per position.
+
+        With frame tokens and strong (sinusoidal) positions the teacher's token outputs are
+        largely a function of position; one global center leaves that in the targets and the
+        student matches them from the masked token's position alone (97% agreement, nothing
+        learned about the content). A center per position removes what position predicts;
+        on the low-label set the targets then go uniform instead (bench/RESULTS.md).
+        """
+        if not self.cfg.position_center:
+            return self.center_local
+        return gather_tokens(self.center_local.expand(ids_masked.shape[0], -1, -1), ids_masked)
+
     def _update_center(self, center: Tensor, teacher_logits: Tensor) -> None:
-        batch_center = teacher_logits.float().flatten(0, -2).mean(dim=0, keepdim=True)
+        """EMA of the batch mean of ``teacher_logits [B, ..., K]``, per position if ``center`` is ``[N, K]``."""
+        flat = teacher_logits.float().flatten(0, -2) if center.shape[0] == 1 else teacher_logits.float()
+        batch_center = flat.mean(dim=0, keepdim=center.shape[0] == 1)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(batch_center)
             batch_center /= dist.get_world_size()

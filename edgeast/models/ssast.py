@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from edgeast.config import ConfigError
-from edgeast.models.ast import ASTEncoder
+from edgeast.models.ast import ASTEncoder, sincos_pos_embed
 from edgeast.models.masking import cluster_mask, gather_tokens, ids_to_mask, mask_count, random_mask
 
 
@@ -33,10 +33,38 @@ class SSASTConfig:
     cluster_max: int = 5
     nce_weight: float = 1.0
     mse_weight: float = 10.0
+    pos_init: str = "random"  # "random" (SSAST: trunc normal, std 0.02) | "sincos" (see init_positions)
 
     def __post_init__(self) -> None:
         if self.masking not in ("auto", "cluster", "random"):
             raise ConfigError(f"ssast.masking={self.masking!r}: expected 'auto', 'cluster' or 'random'")
+        check_pos_init("ssast", self.pos_init)
+
+
+def check_pos_init(objective: str, pos_init: str) -> None:
+    """Config check shared by the full-encoder objectives (SSAST, ASiT)."""
+    if pos_init not in ("random", "sincos"):
+        raise ConfigError(f"{objective}.pos_init={pos_init!r}: expected 'random' or 'sincos'")
+
+
+def init_positions(encoder: ASTEncoder, pos_init: str) -> None:
+    """With ``"sincos"``, start the encoder's learned patch positions from the sinusoidal table.
+
+    In a full encoder (SSAST, ASiT's student) every masked token enters as the same mask
+    embedding (or noise), so only its position tells it which patch to predict and which
+    visible neighbours to attend to.
+    SSAST's random positions (std 0.02, norm ~0.3 per token against ~4 for a patch
+    embedding) carry no notion of "near": on 50 frame tokens the InfoNCE term sits at
+    chance for hundreds of steps (every masked token gets the same prediction) while
+    the positions learn locality. The sinusoidal table (norm ~10, nearby rows similar,
+    MAE-AST's decoder positions) has it from step 0: on the low-label set SSAST leaves
+    chance after ~250 steps instead of not at all in 800. The table stays learnable and
+    is what fine-tuning starts from; an encoder with fixed sinusoidal positions is left as is.
+    """
+    if pos_init == "sincos" and encoder.cfg.pos_embed == "learned":
+        with torch.no_grad():
+            table = sincos_pos_embed(encoder.grid, encoder.cfg.embed_dim)
+            encoder.pos_embed[0, encoder.num_prefix :] = table.to(encoder.pos_embed)
 
 
 def patch_infonce(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
@@ -62,6 +90,7 @@ class SSASTObjective(nn.Module):
         super().__init__()
         self.cfg = cfg or SSASTConfig()
         self.encoder = encoder
+        init_positions(encoder, self.cfg.pos_init)
         dim = encoder.cfg.embed_dim
         self.num_masked = mask_count(encoder.num_patches, self.cfg.mask_ratio, self.cfg.mask_count)
         self.mask_embed = nn.Parameter(torch.empty(1, 1, dim))
