@@ -24,7 +24,7 @@ from rich.table import Table
 
 from edgeast.audio.frontend import FrontendConfig, compute_stats
 from edgeast.config import ConfigError
-from edgeast.engine.distributed import barrier, setup_distributed
+from edgeast.engine.distributed import barrier, resolve_device, setup_distributed
 from edgeast.models.checkpoint import load_model
 from edgeast.models.profile import count_macs
 from edgeast.stages.data import ensure_data, labelled_split, unlabeled_set
@@ -206,10 +206,10 @@ def run_pipeline(recipe: Recipe, stages: list[str] | None = None, resume: bool =
         pending = [(name, with_teacher) for name, with_teacher in runs if not (out / name / "model").is_dir()]
         background, threads = None, side_by_side_threads(ctx, recipe, len(pending))
         if threads:  # the baseline trains in a second process while this one trains the distilled student
-            side, log = pending[-1][0], out / pending[-1][0] / "train.log"
+            log = out / "student_baseline" / "train.log"
             background = start_baseline_process(recipe, threads, resume, log)
-            console.print(f"{side} trains in a second process beside the distilled student, {threads} thread(s) "
-                          f"each (progress: {log})")
+            console.print(f"student_baseline trains in a second process beside the distilled student, {threads} "
+                          f"thread(s) each (progress: {log})")
             pending, all_threads = pending[:1], torch.get_num_threads()
             torch.set_num_threads(threads)
         try:
@@ -226,7 +226,7 @@ def run_pipeline(recipe: Recipe, stages: list[str] | None = None, resume: bool =
                 background.join()
                 torch.set_num_threads(all_threads)
         if background is not None and background.exitcode != 0:
-            raise RuntimeError(f"{side} failed in its process (exit code {background.exitcode}); see {log}")
+            raise RuntimeError(f"student_baseline failed in its process (exit code {background.exitcode}); see {log}")
         if ctx.is_main:
             for name, _ in runs:
                 student = load_model(out / name / "model")
@@ -248,9 +248,7 @@ def side_by_side_threads(ctx, recipe: Recipe, pending: int) -> int:
     the time of one. Not under torchrun or on a GPU, where one process owns the device.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    device = recipe.distill.engine.device
-    on_cpu = device == "cpu" or (device == "auto" and not (torch.cuda.is_available()
-                                                           or torch.backends.mps.is_available()))
+    on_cpu = resolve_device(recipe.distill.engine.device).type == "cpu"
     budget = min(torch.get_num_threads(), cores)  # OMP_NUM_THREADS=1 keeps the run on one core
     if pending < 2 or not recipe.distill.side_by_side or ctx.distributed or not on_cpu or budget < 2:
         return 0
