@@ -6,7 +6,7 @@ eager for reference. Runtimes are measured in interleaved rounds (every
 other round in reverse order) and the median round is reported, so a busy
 shared machine skews them alike.
 
-    python bench/export_bench.py                                   # random-init teacher + student
+    python bench/export_bench.py                                   # the quickstart's teacher + student, random init
     python bench/export_bench.py --checkpoint runs/teacher --checkpoint runs/student --data data/synth
     python bench/export_bench.py --sizes student=student-64x4:frame --breakdown   # what fills each file
 
@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from edgeast.audio.frontend import FrontendConfig, LogMelFrontend
+from edgeast.config import load_config
 from edgeast.export.calibration import labelled_clips, probe_clips
 from edgeast.export.executorch import lean_for_xnnpack
 from edgeast.export.exporter import MODEL_FILES, ExportReport, export_model, mean_latency_ms
@@ -39,22 +40,33 @@ from edgeast.models.ast import TOKENIZERS, ASTClassifier, ast_config
 from edgeast.models.checkpoint import load_model
 from edgeast.models.keyword import KeywordModel
 from edgeast.runtime.backends import open_backend
+from edgeast.stages.recipe import Recipe
 
-# name=size[:tokenizer] (edgeast.models.ast.SIZES, TOKENIZERS); the student is the quickstart's (frame tokens)
-DEFAULT_SIZES = "teacher=tiny,student=student-64x4:frame"
+LABELS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go", "_unknown_", "_silence_"]
+
+
+def recipe_sizes(path: str) -> dict[str, tuple[str, dict]]:
+    """name -> (size, overrides) of the recipe's teacher and student: the bench follows the recipe."""
+    recipe = load_config(Recipe, path)
+    student = recipe.distill.student_model()
+    return {"teacher": (recipe.teacher.size, recipe.teacher.overrides), "student": (student.size, student.overrides)}
 
 
 def build_models(args) -> dict[str, KeywordModel]:
     if args.checkpoint:
         return {Path(path).name: load_model(path) for path in args.checkpoint}
     torch.manual_seed(0)
-    labels = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go", "_unknown_", "_silence_"]
+    if args.sizes:  # name=size[:tokenizer] (edgeast.models.ast.SIZES, TOKENIZERS)
+        specs = args.sizes
+        sizes = {name: (spec.partition(":")[0], TOKENIZERS.get(spec.partition(":")[2], {})) for name, spec in specs.items()}
+    else:
+        sizes = recipe_sizes(args.recipe)
+        specs = {name: f"{size} {overrides}" if overrides else size for name, (size, overrides) in sizes.items()}
     models = {}
-    for name, spec in args.sizes.items():
-        size, _, tokenizer = spec.partition(":")
-        config = ast_config(size, num_classes=len(labels), **(TOKENIZERS[tokenizer] if tokenizer else {}))
-        models[f"{name} ({spec}, random init)"] = KeywordModel(
-            LogMelFrontend(FrontendConfig()), ASTClassifier(config), labels
+    for name, (size, overrides) in sizes.items():
+        config = ast_config(size, num_classes=len(LABELS), **overrides)
+        models[f"{name} ({specs[name]}, random init)"] = KeywordModel(
+            LogMelFrontend(FrontendConfig()), ASTClassifier(config), LABELS
         ).eval()
     return models
 
@@ -238,9 +250,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", action="append", help="trained checkpoint directory (repeatable)")
     parser.add_argument("--data", help="the checkpoints' dataset: calibration from train, parity on test")
-    parser.add_argument("--sizes", default=DEFAULT_SIZES,
-                        help="random-init models to build, name=size[:tokenizer],... (tokenizer: patch or frame)",
-                        type=lambda s: dict(item.split("=") for item in s.split(",")))
+    parser.add_argument("--recipe", default="train/recipes/quickstart.yaml",
+                        help="random-init models: this recipe's teacher and student (unless --sizes)")
+    parser.add_argument("--sizes", help="random-init models to build instead, name=size[:tokenizer],... "
+                        "(tokenizer: patch or frame)", type=lambda s: dict(item.split("=") for item in s.split(",")))
     parser.add_argument("--formats", default="pte,onnx", type=lambda s: s.split(","))
     parser.add_argument("--threads", default="1,2", type=lambda s: [int(t) for t in s.split(",")])
     parser.add_argument("--calib", type=int, default=128, help="calibration clips")

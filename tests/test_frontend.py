@@ -38,9 +38,17 @@ def kaldi_reference(wave: torch.Tensor, bins: int, window: str = "hanning") -> t
     )
 
 
+def frontend_for(cfg: FrontendConfig, use_fft: bool) -> LogMelFrontend:
+    """The front end computing its spectrum by torch.fft (training) or by the exported matmul DFT."""
+    frontend = LogMelFrontend(cfg)
+    frontend.use_fft = use_fft
+    return frontend
+
+
+@pytest.mark.parametrize("use_fft", [True, False], ids=["fft", "matmul"])
 @pytest.mark.parametrize("bins", [40, 64, 128])
-def test_matches_kaldi_fbank_loud_and_quiet_any_length(bins):
-    frontend = LogMelFrontend(FrontendConfig(num_mel_bins=bins, num_frames=None))
+def test_matches_kaldi_fbank_loud_and_quiet_any_length(bins, use_fft):
+    frontend = frontend_for(FrontendConfig(num_mel_bins=bins, num_frames=None), use_fft)
     worst = 0.0
     for samples in (16000, 12345, 561, 400):
         for peak in (0.99, 1e-3, 3e-5):
@@ -52,17 +60,19 @@ def test_matches_kaldi_fbank_loud_and_quiet_any_length(bins):
     assert worst <= 1e-3
 
 
-def test_dc_offset_and_loud_clipped_input_match_kaldi():
-    frontend = LogMelFrontend(FrontendConfig(num_frames=None))
+@pytest.mark.parametrize("use_fft", [True, False], ids=["fft", "matmul"])
+def test_dc_offset_and_loud_clipped_input_match_kaldi(use_fft):
+    frontend = frontend_for(FrontendConfig(num_frames=None), use_fft)
     clipped = (speech_like(8000, peak=4.0, seed=3)).clamp(-1, 1)
     offset = speech_like(8000, peak=0.5, seed=4) + 0.3
     for wave in (clipped, offset):
         assert (frontend.fbank(wave[None])[0] - kaldi_reference(wave, 128)).abs().max() <= 1e-3
 
 
+@pytest.mark.parametrize("use_fft", [True, False], ids=["fft", "matmul"])
 @pytest.mark.parametrize("window", ["povey", "hamming"])
-def test_other_windows_match_kaldi(window):
-    frontend = LogMelFrontend(FrontendConfig(num_mel_bins=64, window=window, num_frames=None))
+def test_other_windows_match_kaldi(window, use_fft):
+    frontend = frontend_for(FrontendConfig(num_mel_bins=64, window=window, num_frames=None), use_fft)
     wave = speech_like(4000, seed=7)
     assert (frontend.fbank(wave[None])[0] - kaldi_reference(wave, 64, window)).abs().max() <= 1e-3
 
@@ -75,7 +85,8 @@ def test_other_windows_match_kaldi(window):
     dict(remove_dc_offset=False, preemphasis=0.0, num_mel_bins=64),  # the waveform mean is subtracted
     dict(sample_rate=22050, num_mel_bins=64, low_freq=0.0),  # 1024-point DFT of 32 x 32
 ])
-def test_other_frame_and_dft_sizes_match_kaldi(settings):
+@pytest.mark.parametrize("use_fft", [True, False], ids=["fft", "matmul"])
+def test_other_frame_and_dft_sizes_match_kaldi(settings, use_fft):
     cfg = FrontendConfig(num_frames=None, **settings)
     wave = speech_like(5000, seed=13)
     reference = kaldi.fbank(
@@ -84,10 +95,22 @@ def test_other_frame_and_dft_sizes_match_kaldi(settings):
         frame_shift=cfg.frame_shift_ms, preemphasis_coefficient=cfg.preemphasis,
         remove_dc_offset=cfg.remove_dc_offset, low_freq=cfg.low_freq,
     )
-    ours = LogMelFrontend(cfg).fbank(wave[None])[0]
+    ours = frontend_for(cfg, use_fft).fbank(wave[None])[0]
     # rtol: the float32 rounding of the DFT constants is ~1e-7 of the frame's norm, so the quietest
     # bins (log-energy near the -15.9 floor, ~110 dB below the frame) move by up to ~2e-3
     torch.testing.assert_close(ours, reference, atol=1e-3, rtol=1e-4)
+
+
+def test_fft_and_matmul_spectra_agree():
+    """Training (torch.fft) and the exported files (matmul DFT) compute the same log-mel."""
+    cfg = FrontendConfig()
+    wave = torch.stack([speech_like(SR, peak=0.99, seed=51), speech_like(SR, peak=1e-3, seed=52)])
+    fft, matmul = frontend_for(cfg, True), frontend_for(cfg, False)
+    signal = fft._windowed(fft._frames(wave))
+    power_fft, power_matmul = fft._fft_power(signal), fft._power_spectrum(signal)
+    scale = power_matmul.amax(dim=-1, keepdim=True)  # each frame's loudest bin
+    assert ((power_fft - power_matmul).abs() / scale).max() <= 1e-5
+    assert (fft(wave) - matmul(wave)).abs().max() <= 1e-3
 
 
 def test_mel_blocks_hold_every_kaldi_mel_weight():
