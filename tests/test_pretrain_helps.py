@@ -1,11 +1,17 @@
-"""Self-supervised pretraining helps: a small seeded run on synthetic keyword speech (CPU, ~1 min).
+"""Self-supervised pretraining helps: a small seeded run on synthetic keyword speech (CPU, ~2 min).
 
 A 64-dim 4-layer encoder is pretrained with MAE-AST (mask ratio 0.5, so that it leaves the
 InfoNCE plateau within the test's budget) on 1 s crops of unlabeled synthetic sentences. The
 same 60-step fine-tuning then runs from it and from random init on 6 labelled clips per
-keyword, and the pretrained model must score higher on held-out speakers. The full-size
-comparison, per objective, is `bench/train_quality.py` (figures in bench/RESULTS.md); this
-test asserts a smaller margin than the benchmark shows.
+keyword, and the pretrained model must score higher on 480 clips of held-out speakers. The
+full-size comparison, per objective, is `bench/train_quality.py` (figures in bench/RESULTS.md);
+this test asserts a smaller margin than it measures.
+
+Measured (val + test pooled, fine-tuning seeds 0 / 1 / 2): random init 0.469 / 0.450 / 0.438;
+after 1500 pretraining steps 0.562 / 0.594 / 0.600; after 700 steps 0.408 / 0.408 / 0.402,
+below random init. (This test used 700 steps and 62 held-out clips until a front-end change
+that moved only float rounding turned its 0.565 vs 0.468 into 0.339 vs 0.468: a pass that a
+62-clip evaluation of one run could not support.)
 """
 from __future__ import annotations
 
@@ -31,8 +37,8 @@ SYNTH = SynthConfig(
     keywords=("yes", "no", "up", "down"),
     unknown_words=("cat", "dog", "bird", "tree"),
     speakers=60,
-    keyword_clips=(6, 10, 10),  # few labels: where pretraining should pay
-    unknown_clips=(2, 3, 3),
+    keyword_clips=(6, 40, 40),  # few labels (where pretraining should pay), enough held-out clips to tell
+    unknown_clips=(2, 10, 10),
     speech_clips=(0, 0, 0),
     noise_seconds=4.0,
     unlabeled=400,
@@ -41,9 +47,9 @@ SYNTH = SynthConfig(
     workers=2,
 )
 MODEL = ModelConfig(size="student-64x4", overrides=dict(patch_f=128, patch_t=2, stride_f=128, stride_t=2))
-PRETRAIN_STEPS = 700  # MAE-AST's InfoNCE leaves chance level after ~450 steps at mask ratio 0.5
+PRETRAIN_STEPS = 1500  # InfoNCE leaves chance after ~350 steps at mask ratio 0.5; 700 steps do not pay yet
 FINETUNE_STEPS = 60  # a short budget, where the starting point matters most
-MARGIN = 0.03  # accuracy on val + test pooled; measured: 0.565 vs 0.468
+MARGIN = 0.05  # accuracy on val + test pooled; measured: 0.562 vs 0.469 (fine-tuning seed 0)
 
 
 def engine(steps: int, lr: float) -> EngineConfig:
