@@ -94,7 +94,7 @@ def measure(args: argparse.Namespace) -> dict:
     overrides = apply_overrides({}, args.set).get(args.worker, {})
     model = build_objective(args.worker, encoder_cfg, overrides).to(device).train()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-4, fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4, fused=device.type in ("cuda", "cpu"))  # as the engine
     forward = torch.compile(model) if args.compile else model
     features = torch.randn(args.batch, args.frames, args.mel, device=device)
     total_steps = args.warmup + args.steps
