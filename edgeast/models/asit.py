@@ -46,8 +46,8 @@ class ASiTConfig:
     teacher_momentum: float = 0.996  # at step 0; cosine schedule to 1.0 at the last step
     reconstruction_weight: float = 2.0
     # Not in ASiT (paper: 1 each). On small data with sinusoidal positions the local DINO term is
-    # solved from position alone and drowns the L1 term; lower weights let reconstruction drive
-    # the encoder, 0 removes a term (0/0: GMML alone). bench/RESULTS.md, low-label section.
+    # solved from position alone; lower weights limit what the DINO terms do to the encoder and
+    # 0 removes a term (0/0: GMML alone). Measured in bench/RESULTS.md, low-label section.
     global_weight: float = 1.0
     local_weight: float = 1.0
     pos_init: str = "random"  # "random" (trunc normal, std 0.02) | "sincos" (edgeast.models.ssast.init_positions)
