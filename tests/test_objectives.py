@@ -299,3 +299,30 @@ def test_asit_position_center_keeps_one_center_per_token():
     assert not torch.allclose(model.center_local[0], model.center_local[1])
     centers = model.local_center(torch.tensor([[0, 5], [3, 7]]))
     assert centers.shape == (2, 2, 64) and torch.equal(centers[1, 0], model.center_local[3])
+
+
+def test_asit_term_weights_scale_the_loss_and_zero_removes_a_term():
+    features = synthetic_features(4, torch.Generator().manual_seed(0))
+
+    def loss_and_grads(**weights: float) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
+        torch.manual_seed(0)
+        model = build_objective("asit", TINY, {**SMALL_HEADS["asit"], **weights}).eval()  # eval: centers stay put
+        loss, metrics = model(features, generator=torch.Generator().manual_seed(1))
+        loss.backward()
+        return loss, metrics, {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+
+    loss, metrics, _ = loss_and_grads(global_weight=0.1, local_weight=0.5)
+    expected = 0.1 * metrics["loss_global"] + 0.5 * metrics["loss_local"] + 2.0 * metrics["recon_l1"]
+    torch.testing.assert_close(loss.detach(), expected)
+
+    loss, metrics, grads = loss_and_grads(global_weight=0.0, local_weight=0.0)  # GMML alone
+    torch.testing.assert_close(loss.detach(), 2.0 * metrics["recon_l1"])
+    assert all(grads[k] is None or not grads[k].any() for k in grads if k.startswith(("global_head", "local_head")))
+    assert grads["encoder.patch_embed.weight"].abs().sum() > 0
+    _, _, grads = loss_and_grads(global_weight=1.0, local_weight=0.0)
+    assert grads["global_head.prototypes"].abs().sum() > 0 and not grads["local_head.prototypes"].any()
+
+
+def test_asit_rejects_negative_term_weights():
+    with pytest.raises(ConfigError, match="asit.local_weight=-0.1: expected >= 0"):
+        build_objective("asit", TINY, {**SMALL_HEADS["asit"], "local_weight": -0.1})

@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from edgeast.config import ConfigError
 from edgeast.models.ast import ASTEncoder
 from edgeast.models.masking import block_mask, gather_tokens, mask_count
 from edgeast.models.ssast import check_pos_init, init_positions
@@ -44,11 +45,19 @@ class ASiTConfig:
     center_momentum: float = 0.9
     teacher_momentum: float = 0.996  # at step 0; cosine schedule to 1.0 at the last step
     reconstruction_weight: float = 2.0
+    # Not in ASiT (paper: 1 each). On small data with sinusoidal positions the local DINO term is
+    # solved from position alone; lower weights limit what the DINO terms do to the encoder and
+    # 0 removes a term (0/0: GMML alone). Measured in bench/RESULTS.md, low-label section.
+    global_weight: float = 1.0
+    local_weight: float = 1.0
     pos_init: str = "random"  # "random" (trunc normal, std 0.02) | "sincos" (edgeast.models.ssast.init_positions)
     position_center: bool = False  # not in ASiT: one local center per token position (see local_center)
 
     def __post_init__(self) -> None:
         check_pos_init("asit", self.pos_init)
+        for name in ("global_weight", "local_weight", "reconstruction_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"asit.{name}={getattr(self, name)}: expected >= 0")
 
 
 class ProjectionHead(nn.Module):
@@ -141,7 +150,7 @@ class ASiTObjective(nn.Module):
         loss_local = self._distill(student_local_logits, teacher_local, center_local)
         target = gather_tokens(enc.patchify(features), ids_masked)
         recon_l1 = F.l1_loss(self.reconstruction_head(student_local).float(), target.float())
-        loss = loss_global + loss_local + cfg.reconstruction_weight * recon_l1
+        loss = cfg.global_weight * loss_global + cfg.local_weight * loss_local + cfg.reconstruction_weight * recon_l1
 
         with torch.no_grad():
             agreement = (student_local_logits.argmax(-1) == teacher_local.argmax(-1)).float().mean()
