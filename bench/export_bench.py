@@ -57,8 +57,10 @@ def build_models(args) -> dict[str, KeywordModel]:
         return {Path(path).name: load_model(path) for path in args.checkpoint}
     torch.manual_seed(0)
     if args.sizes:  # name=size[:tokenizer] (edgeast.models.ast.SIZES, TOKENIZERS)
-        specs = args.sizes
-        sizes = {name: (spec.partition(":")[0], TOKENIZERS.get(spec.partition(":")[2], {})) for name, spec in specs.items()}
+        specs, sizes = args.sizes, {}
+        for name, spec in specs.items():
+            size, _, tokenizer = spec.partition(":")
+            sizes[name] = (size, TOKENIZERS[tokenizer] if tokenizer else {})
     else:
         sizes = recipe_sizes(args.recipe)
         specs = {name: f"{size} {overrides}" if overrides else size for name, (size, overrides) in sizes.items()}

@@ -129,6 +129,13 @@ def noise_bank(root: Path, sample_rate: int) -> torch.Tensor | None:
     return torch.stack(crops) if crops else None
 
 
+def val_accuracy(val_set):
+    """The engine's end-of-epoch evaluation for a keyword stage: the trainee's model on `val_set`."""
+    def evaluate(trainee) -> dict[str, float]:
+        return {"val_acc": evaluate_model(trainee.model, val_set).accuracy}
+    return evaluate
+
+
 def summarize(name: str, model, val_set, test_set, seconds: float, out: Path) -> StageSummary:
     val = evaluate_model(model, val_set)
     test = evaluate_model(model, test_set)
@@ -171,11 +178,6 @@ def run_pipeline(recipe: Recipe, stages: list[str] | None = None, resume: bool =
                   f"normalization mean {frontend.mean:.3f} std {frontend.std:.3f}")
     result = PipelineResult(out)
 
-    def evaluator(model_of):
-        def evaluate(trainee) -> dict[str, float]:
-            return {"val_acc": evaluate_model(model_of(trainee), val_set).accuracy}
-        return evaluate
-
     if pretraining:
         from edgeast.stages.pretrain import run_pretrain
 
@@ -193,7 +195,7 @@ def run_pipeline(recipe: Recipe, stages: list[str] | None = None, resume: bool =
             console.rule(f"teacher (init: {init})")
             teacher = init_teacher(recipe.finetune, recipe.teacher, frontend, labels, found, train_set)
             teacher, _ = run_finetune(recipe.finetune, teacher, train_set, teacher_dir, noise_bank=noise,
-                                      evaluate=evaluator(lambda t: t.model), resume=resume)
+                                      evaluate=val_accuracy(val_set), resume=resume)
         if ctx.is_main:
             teacher = load_model(teacher_dir / "model")
             result.stages["teacher"] = summarize("teacher", teacher, val_set, test_set, time.time() - start, teacher_dir)
@@ -216,7 +218,7 @@ def run_pipeline(recipe: Recipe, stages: list[str] | None = None, resume: bool =
             for name, with_teacher in pending:
                 console.rule(f"{name} ({recipe.distill.student.size}{', distilled' if with_teacher else ', no teacher'})")
                 run_distill(recipe.distill, teacher, train_set, out / name, noise_bank=noise, resume=resume,
-                            evaluate=evaluator(lambda t: t.model), with_teacher=with_teacher)
+                            evaluate=val_accuracy(val_set), with_teacher=with_teacher)
         except BaseException:
             if background is not None:
                 background.terminate()  # this process failed or was interrupted: stop the other one too
@@ -272,7 +274,7 @@ def train_baseline(recipe: Recipe, threads: int, resume: bool, log: Path) -> Non
     teacher = load_model(recipe.out / "teacher" / "model")
     noise = noise_bank(Path(recipe.data.root), teacher.frontend.cfg.sample_rate)
     run_distill(recipe.distill, teacher, train_set, recipe.out / "student_baseline", noise_bank=noise, resume=resume,
-                evaluate=lambda t: {"val_acc": evaluate_model(t.model, val_set).accuracy}, with_teacher=False)
+                evaluate=val_accuracy(val_set), with_teacher=False)
 
 
 def start_baseline_process(recipe: Recipe, threads: int, resume: bool, log: Path) -> multiprocessing.Process:
