@@ -3,7 +3,8 @@
 The module draws from torch (dropout), numpy and python RNGs; the dataset
 augments with `worker_rng(seed, epoch, index)` in a DataLoader worker; steps
 accumulate two micro-batches; an EMA is kept. Run as a script, this file is
-the training process the test kills: `python tests/test_resume.py RUN_DIR DELAY`.
+the training process the test kills: `python tests/test_resume.py RUN_DIR DELAY DEVICE`.
+On CUDA (where there is one) the same holds bit for bit: the CUDA RNG is restored too.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -39,7 +41,8 @@ class NoisyRegressor(nn.Module):
     def forward(self, batch):
         time.sleep(self.delay)
         x, y = batch
-        x = x + 0.01 * torch.from_numpy(np.random.randn(*x.shape).astype(np.float32)) + 0.01 * random.random()
+        noise = torch.from_numpy(np.random.randn(*x.shape).astype(np.float32)).to(x.device)
+        x = x + 0.01 * noise + 0.01 * random.random()
         err = self.net(x).squeeze(-1) - y
         return (err ** 2).mean(), {}
 
@@ -64,9 +67,9 @@ class AugmentedClips(Dataset):
         return self.x[i] + jitter, self.y[i]
 
 
-def run(run_dir: Path, resume: bool = False, delay: float = 0.0) -> Trainer:
+def run(run_dir: Path, resume: bool = False, delay: float = 0.0, device: str = "cpu") -> Trainer:
     seed_everything(CONFIG["seed"])
-    trainer = Trainer(EngineConfig(**CONFIG), NoisyRegressor(delay), AugmentedClips(), run_dir)
+    trainer = Trainer(EngineConfig(**CONFIG, device=device), NoisyRegressor(delay), AugmentedClips(), run_dir)
     trainer.fit(resume=resume)
     return trainer
 
@@ -76,10 +79,12 @@ def checkpoint_step(run_dir: Path) -> int:
     return -1 if checkpoint is None else load_train_state(checkpoint)["step"]
 
 
-def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (bench/cuda_check.sh)"))])
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, device):
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     killed_dir = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, __file__, str(killed_dir), "0.1"], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, __file__, str(killed_dir), "0.1", device], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
@@ -96,8 +101,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert read_done(killed_dir) is None and 9 <= checkpoint_step(killed_dir) < TOTAL_STEPS
 
-    resumed = run(killed_dir, resume=True)
-    straight = run(tmp_path / "straight")
+    resumed = run(killed_dir, resume=True, device=device)
+    straight = run(tmp_path / "straight", device=device)
     for (name, a), b in zip(resumed.module.state_dict().items(), straight.module.state_dict().values()):
         assert torch.equal(a, b), f"{name} differs after resume"
     moments = [[s["exp_avg_sq"] for s in t.optimizer.state_dict()["state"].values()] for t in (resumed, straight)]
@@ -108,4 +113,4 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
 
 
 if __name__ == "__main__":
-    run(Path(sys.argv[1]), delay=float(sys.argv[2]))
+    run(Path(sys.argv[1]), delay=float(sys.argv[2]), device=sys.argv[3])
