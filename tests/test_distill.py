@@ -53,7 +53,8 @@ def tones(count: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 def distill_config(**fields) -> DistillConfig:
     engine = EngineConfig(device="cpu", max_steps=2, batch_size=4, log_every=1)
-    return DistillConfig(**{"augment": NO_AUGMENT, "engine": engine, **fields})
+    # fp32 teacher: these tests check the losses' arithmetic ("auto" is bf16 on CPUs with bf16 matmuls)
+    return DistillConfig(**{"augment": NO_AUGMENT, "engine": engine, "teacher_precision": "fp32", **fields})
 
 
 def test_dist_head_inference_is_the_mean_of_both_heads():
@@ -216,6 +217,7 @@ def test_attention_distillation_needs_the_same_token_grid(tmp_path):
     (["distill.attention_loss=tinybert"], "distill.attention_loss='tinybert': use one of attention, minilm"),
     (["distill.init=random"], "distill.init='random': use one of scratch, teacher_layers"),
     (["distill.temperature=0"], "distill.temperature=0.0: must be > 0"),
+    (["distill.teacher_precision=fp16"], "distill.teacher_precision='fp16': use one of auto, bf16, fp32"),
     (["distill.attention_weight=-1"], "distill.attention_weight=-1.0: a loss weight must not be negative"),
     (["distill.label_weight=0", "distill.kd_weight=0"], "every loss weight is 0"),
     (["distill.dist_token=true", "distill.student.overrides.prefix_tokens=1"], "sets {'prefix_tokens': 1}"),
@@ -236,3 +238,20 @@ def test_recipe_accepts_the_new_options():
     assert built.overrides == {"pool": "cls", "prefix_tokens": 2, "dist_head": True}
     assert ast_config(built.size, **built.overrides).dist_head
     assert recipe.distill.student.overrides == {"pool": "cls"}  # the recipe itself is untouched
+
+
+def test_bf16_teacher_on_the_fly_gives_nearly_the_fp32_loss():
+    """distill.teacher_precision=bf16: the frozen teacher's matmuls in bf16, the student's in fp32."""
+    teacher, student = keyword_model(0), keyword_model(1)
+    waves, labels = tones(8)
+    dtypes = {}
+    for name, model in (("teacher", teacher), ("student", student)):
+        qkv = model.classifier.encoder.blocks[0].attn.qkv
+        qkv.register_forward_hook(lambda m, a, out, name=name: dtypes.setdefault(name, set()).add(out.dtype))
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        trainee = DistillTrainee(copy.deepcopy(student), teacher, distill_config(teacher_precision=precision)).train()
+        losses[precision], metrics = trainee((waves, labels))
+        assert metrics["kd"] > 0
+    assert dtypes == {"teacher": {torch.float32, torch.bfloat16}, "student": {torch.float32}}
+    assert losses["bf16"].item() == pytest.approx(losses["fp32"].item(), rel=1e-2)

@@ -134,6 +134,33 @@ def test_students_side_by_side_match_one_after_the_other(tiny_run, tmp_path):
         assert all(torch.equal(state[k], other[k]) for k in state), name
 
 
+def test_distilled_student_takes_back_the_threads_once_the_baseline_process_ends():
+    import multiprocessing
+    import time
+
+    import torch
+
+    from edgeast.stages.pipeline import taking_back_threads
+
+    threads = torch.get_num_threads()
+    spawn = multiprocessing.get_context("spawn")
+    running, finished = spawn.Process(target=time.sleep, args=(30,)), spawn.Process(target=time.sleep, args=(0,))
+    running.start()
+    finished.start()
+    finished.join()
+    try:
+        torch.set_num_threads(1)
+        calls = []
+        assert taking_back_threads(lambda t: calls.append(t) or {"val_acc": 1.0}, running, 2)("x") == {"val_acc": 1.0}
+        assert torch.get_num_threads() == 1  # the baseline still trains on the other core
+        assert taking_back_threads(lambda t: calls.append(t) or {}, finished, 2)("y") == {}
+        assert torch.get_num_threads() == 2 and calls == ["x", "y"]
+    finally:
+        running.terminate()
+        running.join()
+        torch.set_num_threads(threads)
+
+
 def test_train_fine_tunes_an_imported_ssast_checkpoint(synth_dataset, tmp_path):
     """`edgeast import ssast` then `edgeast train` with finetune.init=<imported>: positions adapted, encoder reused."""
     import torch

@@ -61,6 +61,14 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
+def native_bf16(device_type: str) -> bool:
+    """Whether bf16 matmuls run natively: on CUDA, or on a CPU with AVX512-BF16 or AMX (else bf16 is emulated, slower)."""
+    if device_type == "cuda":
+        return True
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own probes
+    return device_type == "cpu" and any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
 def _env_int(key: str, default: int) -> int:
     raw = os.environ.get(key, str(default))
     try:

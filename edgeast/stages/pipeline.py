@@ -207,6 +207,7 @@ def run_pipeline(recipe: Recipe, stages: list[str] | None = None, resume: bool =
         runs = [("student", True)] + ([("student_baseline", False)] if recipe.distill.baseline else [])
         pending = [(name, with_teacher) for name, with_teacher in runs if not (out / name / "model").is_dir()]
         background, threads = None, side_by_side_threads(ctx, recipe, len(pending))
+        evaluate = val_accuracy(val_set)
         if threads:  # the baseline trains in a second process while this one trains the distilled student
             log = out / "student_baseline" / "train.log"
             background = start_baseline_process(recipe, threads, resume, log)
@@ -214,11 +215,12 @@ def run_pipeline(recipe: Recipe, stages: list[str] | None = None, resume: bool =
                           f"thread(s) each (progress: {log})")
             pending, all_threads = pending[:1], torch.get_num_threads()
             torch.set_num_threads(threads)
+            evaluate = taking_back_threads(evaluate, background, all_threads)
         try:
             for name, with_teacher in pending:
                 console.rule(f"{name} ({recipe.distill.student.size}{', distilled' if with_teacher else ', no teacher'})")
                 run_distill(recipe.distill, teacher, train_set, out / name, noise_bank=noise, resume=resume,
-                            evaluate=val_accuracy(val_set), with_teacher=with_teacher)
+                            evaluate=evaluate, with_teacher=with_teacher)
         except BaseException:
             if background is not None:
                 background.terminate()  # this process failed or was interrupted: stop the other one too
@@ -255,6 +257,18 @@ def side_by_side_threads(ctx, recipe: Recipe, pending: int) -> int:
     if pending < 2 or not recipe.distill.side_by_side or ctx.distributed or not on_cpu or budget < 2:
         return 0
     return budget // 2
+
+
+def taking_back_threads(evaluate, background: multiprocessing.Process, threads: int):
+    """`evaluate`, which the engine calls after every epoch, that also gives this process all `threads` once
+    the side-by-side baseline process has finished: with the teacher on the fly the distilled student
+    trains longer and would otherwise leave a core idle. (Its later epochs then run with another
+    thread count, so its weights depend, in float rounding, on when the baseline finished.)"""
+    def evaluate_then_take_back(trainee) -> dict[str, float]:
+        if background.exitcode is not None and torch.get_num_threads() < threads:
+            torch.set_num_threads(threads)
+        return evaluate(trainee)
+    return evaluate_then_take_back
 
 
 def train_baseline(recipe: Recipe, threads: int, resume: bool, log: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from edgeast.audio.augment import AugmentConfig
 from edgeast.audio.frontend import FrontendConfig
 from edgeast.config import ConfigError
-from edgeast.engine.config import EngineConfig
+from edgeast.engine.config import PRECISIONS, EngineConfig
 
 STAGES = ("pretrain", "finetune", "distill")
 DISTILL_INITS = ("scratch", "teacher_layers")
@@ -73,6 +73,7 @@ class DistillConfig:
     attention_weight: float = 0.0       # KL between last-layer attention of teacher and student (same token grid)
     attention_loss: str = "attention"   # "attention": head-averaged attention maps | "minilm": plus value relations
     cache_teacher: bool = False         # compute teacher logits once on clean clips instead of on the fly
+    teacher_precision: str = "auto"     # the on-the-fly teacher's forward: "auto" (bf16 where native) | "bf16" | "fp32"
     baseline: bool = True               # also train the same student without the teacher, for comparison
     side_by_side: bool = True           # CPU, >= 2 cores: train the baseline in a second process meanwhile
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -90,6 +91,8 @@ class DistillConfig:
         if not any(getattr(self, name) > 0 for name in weights):
             raise ConfigError("distill: every loss weight is 0, so the student would learn nothing; "
                               "set distill.label_weight and distill.kd_weight (e.g. 0.5 and 0.5)")
+        if self.teacher_precision not in PRECISIONS:
+            raise ConfigError(f"distill.teacher_precision={self.teacher_precision!r}: use one of {', '.join(PRECISIONS)}")
         if self.temperature <= 0:
             raise ConfigError(f"distill.temperature={self.temperature}: must be > 0 (2 to 4 is usual)")
         if self.cache_teacher and (self.hidden_weight > 0 or self.attention_weight > 0):
