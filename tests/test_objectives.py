@@ -326,3 +326,24 @@ def test_asit_term_weights_scale_the_loss_and_zero_removes_a_term():
 def test_asit_rejects_negative_term_weights():
     with pytest.raises(ConfigError, match="asit.local_weight=-0.1: expected >= 0"):
         build_objective("asit", TINY, {**SMALL_HEADS["asit"], "local_weight": -0.1})
+
+
+def test_asit_reconstruction_blocks_learn_and_stay_out_of_the_encoder_checkpoint():
+    cfg = {**SMALL_HEADS["asit"], "global_weight": 0.0, "local_weight": 0.0, "reconstruction_depth": 1}
+    torch.manual_seed(0)
+    model = build_objective("asit", TINY, cfg)
+    assert len(model.reconstruction_blocks) == 1
+    assert set(model.encoder_state_dict()) == set(build_objective("asit", TINY, SMALL_HEADS["asit"]).encoder_state_dict())
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
+    generator = torch.Generator().manual_seed(1)
+    l1 = []
+    for _ in range(60):
+        loss, metrics = model(synthetic_features(16, generator), generator=generator)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        l1.append(metrics["recon_l1"].item())
+    assert model.reconstruction_blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert mean(l1[-5:]) < 0.8 * mean(l1[:5])
+    with pytest.raises(ConfigError, match="asit.reconstruction_depth=-1: expected >= 0"):
+        build_objective("asit", TINY, {**SMALL_HEADS["asit"], "reconstruction_depth": -1})

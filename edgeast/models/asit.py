@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from edgeast.config import ConfigError
-from edgeast.models.ast import ASTEncoder
+from edgeast.models.ast import ASTEncoder, Block
 from edgeast.models.masking import block_mask, gather_tokens, mask_count
 from edgeast.models.ssast import check_pos_init, init_positions
 
@@ -50,11 +50,17 @@ class ASiTConfig:
     # 0 removes a term (0/0: GMML alone). Measured in bench/RESULTS.md, low-label section.
     global_weight: float = 1.0
     local_weight: float = 1.0
+    # Not in ASiT (paper: an MLP on the encoder's last tokens). > 0: that many transformer blocks over
+    # all the student's tokens first, as MAE-AST's decoder, so the encoder's last layer need not
+    # hold the spectrogram itself (bench/RESULTS.md, low-label section).
+    reconstruction_depth: int = 0
     pos_init: str = "random"  # "random" (trunc normal, std 0.02) | "sincos" (edgeast.models.ssast.init_positions)
     position_center: bool = False  # not in ASiT: one local center per token position (see local_center)
 
     def __post_init__(self) -> None:
         check_pos_init("asit", self.pos_init)
+        if self.reconstruction_depth < 0:
+            raise ConfigError(f"asit.reconstruction_depth={self.reconstruction_depth}: expected >= 0")
         for name in ("global_weight", "local_weight", "reconstruction_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"asit.{name}={getattr(self, name)}: expected >= 0")
@@ -94,6 +100,7 @@ class ASiTObjective(nn.Module):
         head = (dim, cfg.out_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim)
         self.global_head = ProjectionHead(*head)
         self.local_head = ProjectionHead(*head)
+        self.reconstruction_blocks = nn.ModuleList(Block(encoder.cfg, 0.0) for _ in range(cfg.reconstruction_depth))
         self.reconstruction_head = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, encoder.patch_dim))
         student = nn.ModuleDict({"encoder": encoder, "global_head": self.global_head, "local_head": self.local_head})
         self.teacher = copy.deepcopy(student).requires_grad_(False).eval()
@@ -148,8 +155,12 @@ class ASiTObjective(nn.Module):
 
         loss_global = self._distill(student_global, teacher_global, self.center_global)
         loss_local = self._distill(student_local_logits, teacher_local, center_local)
+        decoded = student
+        for block in self.reconstruction_blocks:
+            decoded = block(decoded)
+        decoded = gather_tokens(decoded[:, enc.num_prefix :], ids_masked) if self.reconstruction_blocks else student_local
         target = gather_tokens(enc.patchify(features), ids_masked)
-        recon_l1 = F.l1_loss(self.reconstruction_head(student_local).float(), target.float())
+        recon_l1 = F.l1_loss(self.reconstruction_head(decoded).float(), target.float())
         loss = cfg.global_weight * loss_global + cfg.local_weight * loss_local + cfg.reconstruction_weight * recon_l1
 
         with torch.no_grad():
