@@ -155,10 +155,12 @@ class ASiTObjective(nn.Module):
 
         loss_global = self._distill(student_global, teacher_global, self.center_global)
         loss_local = self._distill(student_local_logits, teacher_local, center_local)
-        decoded = student
-        for block in self.reconstruction_blocks:
-            decoded = block(decoded)
-        decoded = gather_tokens(decoded[:, enc.num_prefix :], ids_masked) if self.reconstruction_blocks else student_local
+        decoded = student_local
+        if self.reconstruction_blocks:  # the blocks see every token, then only the masked ones are read out
+            decoded = student
+            for block in self.reconstruction_blocks:
+                decoded = block(decoded)
+            decoded = gather_tokens(decoded[:, enc.num_prefix :], ids_masked)
         target = gather_tokens(enc.patchify(features), ids_masked)
         recon_l1 = F.l1_loss(self.reconstruction_head(decoded).float(), target.float())
         loss = cfg.global_weight * loss_global + cfg.local_weight * loss_local + cfg.reconstruction_weight * recon_l1
