@@ -36,6 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgeast.config import apply_overrides  # noqa: E402
+from edgeast.engine.distributed import allow_tf32  # noqa: E402
 from edgeast.models.ast import ast_config  # noqa: E402
 from edgeast.models.objectives import OBJECTIVES, build_objective  # noqa: E402
 
@@ -91,7 +92,7 @@ def measure(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     device = torch.device(args.device)
     if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")  # TF32, as the engine sets it
+        allow_tf32()  # as the engine trains
     encoder_cfg = ast_config(args.size, num_mel_bins=args.mel, num_frames=args.frames)
     overrides = apply_overrides({}, args.set).get(args.worker, {})
     model = build_objective(args.worker, encoder_cfg, overrides).to(device).train()

@@ -61,6 +61,12 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
+def allow_tf32() -> None:
+    """TF32 for float32 matmuls and convolutions on CUDA, as the engine trains."""
+    torch.set_float32_matmul_precision("high")
+    torch.backends.cudnn.allow_tf32 = True
+
+
 def native_bf16(device_type: str) -> bool:
     """Whether bf16 matmuls run natively: on CUDA, or on a CPU with AVX512-BF16 or AMX (else bf16 is emulated, slower)."""
     if device_type == "cuda":
@@ -87,8 +93,7 @@ def setup_distributed(device: str = "auto") -> DistContext:
     dev = resolve_device(device, local_rank if world_size > 1 else 0)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-        torch.set_float32_matmul_precision("high")  # TF32 matmuls
-        torch.backends.cudnn.allow_tf32 = True
+        allow_tf32()
     if world_size == 1:
         return DistContext(device=dev)
     if not dist.is_initialized():
