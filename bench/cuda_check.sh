@@ -6,7 +6,7 @@
 # tests:    tests/test_cuda.py (bf16 autocast, flash SDPA, torch.compile), kill-and-resume on
 #           CUDA (tests/test_resume.py) and the front end's TF32 Kaldi match.
 # speed:    bench/pretrain_speed.py on the papers' input (128 x 1024, base encoder, batch 24):
-#           bf16, bf16 + torch.compile, and TF32.
+#           bf16, bf16 + torch.compile, TF32, and TF32 with unfused (math) attention.
 # pipeline: the quickstart recipe's pretrain -> teacher -> students on the GPU (bf16 autocast,
 #           `auto` device), data synthesized there first (into $DATA, default data/cuda_check).
 set -uo pipefail
@@ -26,7 +26,7 @@ for part in ${parts[@]}; do
       "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_resume.py \
         tests/test_frontend.py::test_cuda_matches_kaldi_even_with_tf32_allowed 2>&1 | tee "$OUT/tests.log" || status=1 ;;
     speed)
-      for flags in "--bf16" "--bf16 --compile --warmup 5" ""; do
+      for flags in "--bf16" "--bf16 --compile --warmup 5" "" "--attention math"; do
         echo "## pretrain_speed $flags"
         "$PYTHON" bench/pretrain_speed.py --device cuda $flags --steps 10 --rounds 2 || status=1
       done 2>&1 | tee "$OUT/speed.md" ;;
