@@ -13,7 +13,7 @@ the table gives each start's mean and range over seeds. All runs share the recip
 in val/test) and its front-end normalization, fitted once on the labelled training
 clips. With `--distill` the first objective's teacher is also distilled into the
 student, beside the same student trained without it. Prints a markdown table for
-bench/RESULTS.md.
+bench/RESULTS.md and plots every run's test accuracy per start (`OUT/train_quality.png`).
 """
 from __future__ import annotations
 
@@ -65,6 +65,23 @@ def spread(values: list[float]) -> str:
     return f"{mean:.2f} ({100 * min(values):.2f}-{100 * max(values):.2f})"
 
 
+def plot_starts(rows: list[tuple[str, list[StageSummary], float]], path: Path) -> None:
+    """Test accuracy per teacher start: every fine-tuning run as a dot, the mean as a bar."""
+    from matplotlib.figure import Figure
+
+    teachers = [(name.removeprefix("teacher, "), runs) for name, runs, _ in rows if name.startswith("teacher")]
+    fig = Figure(figsize=(1.6 + 1.4 * len(teachers), 4), layout="constrained")
+    ax = fig.subplots()
+    for i, (name, runs) in enumerate(teachers):
+        tests = [100 * s.test_acc for s in runs]
+        ax.bar(i, sum(tests) / len(tests), color="lightsteelblue")
+        ax.plot([i] * len(tests), tests, "o", color="black", markersize=4)
+    ax.set_xticks(range(len(teachers)), [name.replace(" ", "\n", 1) for name, _ in teachers], fontsize=8)
+    lowest = min(100 * s.test_acc for _, runs in teachers for s in runs)
+    ax.set(ylabel="test accuracy %", ylim=(max(0.0, lowest - 5), 100), title="teacher start vs test accuracy")
+    fig.savefig(path, dpi=100)
+
+
 def parse_objective(spec: str) -> tuple[str, list[str]]:
     """`name[:steps][/key=value...]` -> (name, recipe overrides); keys are the objective's config fields."""
     head, *fields = spec.split("/")
@@ -114,6 +131,8 @@ def main() -> None:
         gain = f"{100 * (test - base):+.2f}" if name.startswith("teacher") else ""
         val, tests = spread([s.val_acc for s in runs]), spread([s.test_acc for s in runs])
         print(f"| {name} | {runs[0].params / 1e6:.3f}M | {val} | {tests} | {gain} | {seconds:.0f} |")
+    plot_starts(rows, args.out / "train_quality.png")
+    print(f"\nplot: {args.out / 'train_quality.png'}")
 
 
 if __name__ == "__main__":
