@@ -184,14 +184,15 @@ def test_ssast_replaces_masked_embeddings_before_positions():
     torch.testing.assert_close(gather_tokens(patches, ids_keep), expected_kept)
 
 
-def test_ssast_sincos_positions_start_learnable_from_the_table():
-    model = build_objective("ssast", TINY, {"pos_init": "sincos"})
+@pytest.mark.parametrize("name", ["ssast", "asit"])
+def test_sincos_positions_start_learnable_from_the_table(name: str):
+    model = build_objective(name, TINY, {**SMALL_HEADS.get(name, {}), "pos_init": "sincos"})
     enc = model.encoder
     torch.testing.assert_close(enc.pos_embed[0, enc.num_prefix :], sincos_pos_embed(enc.grid, 64))
     assert enc.pos_embed.requires_grad
-    assert build_objective("ssast", TINY).encoder.pos_embed.std() < 0.05  # default: SSAST's random init
-    with pytest.raises(ConfigError, match="pos_init='sine'"):
-        build_objective("ssast", TINY, {"pos_init": "sine"})
+    assert build_objective(name, TINY, SMALL_HEADS.get(name)).encoder.pos_embed.std() < 0.05  # default: random
+    with pytest.raises(ConfigError, match=f"{name}.pos_init='sine'"):
+        build_objective(name, TINY, {"pos_init": "sine"})
 
 
 def test_maeast_encoder_sees_only_kept_tokens():
