@@ -1,6 +1,6 @@
 """Does self-supervised pretraining help the teacher? One run, one table.
 
-    python bench/train_quality.py                      # low-label recipe: MAE-AST 2000 steps
+    python bench/train_quality.py                      # low-label recipe: its SSAST, 2000 steps
     python bench/train_quality.py --objectives maeast:2000,ssast:2000/pos_init=sincos
     python bench/train_quality.py --recipe train/recipes/quickstart.yaml --distill --seeds 1
 
@@ -94,7 +94,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", type=Path, default=Path("train/recipes/lowlabel_pretrain.yaml"))
     ap.add_argument("--out", type=Path, default=Path("runs/bench_train_quality"))
-    ap.add_argument("--objectives", default="maeast", help="comma list of name[:steps][/field=value...]")
+    ap.add_argument(
+        "--objectives",
+        default=None,
+        help="comma list of name[:steps][/field=value...] (default: the recipe's own pretraining)",
+    )
     ap.add_argument("--distill", action="store_true", help="also distill the first objective's teacher")
     ap.add_argument("--seeds", type=int, default=3, help="fine-tuning runs per start (seeds 0..N-1), mean reported")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="recipe override key=value")
@@ -108,6 +112,11 @@ def main() -> None:
     )
     rows.append(("teacher, random init", teachers, seconds))
     normalization = args.out / "scratch" / "frontend.json"  # fitted on the labelled clips: every run uses it
+    if args.objectives is None:  # the recipe's pretraining as written, named in the table
+        pretrain = load_config(Recipe, args.recipe, args.overrides).pretrain
+        fields = "".join(f"/{key}={value}" for key, value in pretrain.objective_cfg.items())
+        steps = f":{pretrain.engine.max_steps}" if pretrain.engine.max_steps else ""
+        args.objectives = f"{pretrain.objective}{steps}{fields}"
     for i, spec in enumerate(args.objectives.split(",")):
         name, objective = parse_objective(spec)
         out = args.out / spec.replace(":", "_").replace("/", "_")
