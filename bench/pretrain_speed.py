@@ -19,9 +19,8 @@ and that dominates at large batches.
     python bench/pretrain_speed.py --attention math          # unfused attention, as the papers' code ran
 
 ``--attention math`` restricts ``scaled_dot_product_attention`` to its reference
-kernel, which materializes each N x N attention matrix: SSAST's 512-token
-attention then costs what it cost in the papers' fairseq/timm code, where the
-~3x was measured.
+kernel, which materializes each N x N attention matrix as the papers' fairseq/timm
+code did (measured: it moves the ratio little; bench/RESULTS.md).
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ The teacher is fine-tuned once from random init and once per pretraining objecti
 fine-tuning recipe and budget, and fine-tuned again with `--seeds` different seeds
 (pretraining runs once, with the recipe's seed): with few labelled clips one fine-tuning
 run of a pretrained start can land several points from the next (bench/RESULTS.md), so
-the table gives each start's mean and range over seeds. All runs share the recipe's dataset (held-out speakers
-in val/test) and its front-end normalization, fitted once on the labelled training
-clips. With `--distill` the first objective's teacher is also distilled into the
+the table gives each start's mean and range over seeds. All runs share the recipe's
+dataset (held-out speakers in val/test) and its front-end normalization, fitted once on
+the labelled training clips. With `--distill` the first objective's teacher is also distilled into the
 student, beside the same student trained without it. Prints a markdown table for
 bench/RESULTS.md and plots every run's test accuracy per start (`OUT/train_quality.png`).
 """
