@@ -191,8 +191,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"device {args.device} (torch {torch.__version__}, {reference['threads']} threads), encoder {args.size} "
         f"({reference['encoder_m']:.1f}M params), input {args.mel} mel x {args.frames} frames = {reference['patches']} patches, "
-        f"batch {args.batch}, {precision}{', torch.compile' if args.compile else ''}, {args.attention} attention, median of {args.steps} steps "
-        f"after {args.warmup} warmup, best of {args.rounds} rounds\n"
+        f"batch {args.batch}, {precision}{', torch.compile' if args.compile else ''}, {args.attention} attention, "
+        f"median of {args.steps} steps after {args.warmup} warmup, best of {args.rounds} rounds\n"
     )
     ref = reference["objective"]
     print(
