@@ -219,3 +219,19 @@ def test_synthesized_data_made_with_other_settings_is_refused(synth_dataset):
         ensure_data(other, seed=TINY_SYNTH.seed)
     # without synthesize the folder is the user's dataset, used as it is
     assert ensure_data(DataConfig(root=str(synth_dataset)), seed=0) == synth_dataset
+
+
+def test_late_end_of_the_infonce_plateau_is_warned(tmp_path):
+    from edgeast.stages.pretrain import infonce_onset, late_onset_warning
+
+    history = tmp_path / "metrics.csv"
+    chance = 1 / 37  # MAE-AST's 37 masked of 50 frame tokens
+    accs = [0.045, 0.05, 0.05, 0.049, 0.051, 0.063, 0.09, 0.12, 0.13, 0.13]  # a session-7 run, every 200 steps
+    rows = [f"{200 * (i + 1)},{acc}" for i, acc in enumerate(accs)]
+    history.write_text("step,acc\n" + "\n".join(rows) + "\n")
+    assert infonce_onset(history, chance) == 1400  # first over 3 x chance (0.081)
+    warning = late_onset_warning("maeast", 1400, 2000)
+    assert "left chance only at step 1400 of 2000" in warning and "pos_init" not in warning
+    assert late_onset_warning("maeast", 480, 4000) is None  # left early: no warning
+    warning = late_onset_warning("ssast", None, 800)
+    assert "never left chance" in warning and "pos_init=sincos" in warning

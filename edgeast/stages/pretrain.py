@@ -6,9 +6,11 @@ interrupted run resumes exactly.
 """
 from __future__ import annotations
 
+import csv
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from rich.console import Console
 from torch import Tensor, nn
 
 from edgeast.audio.frontend import FrontendConfig, LogMelFrontend
@@ -39,6 +41,33 @@ class PretrainTrainee(nn.Module):
             hook(step, total_steps)
 
 
+INFONCE_OBJECTIVES = ("ssast", "maeast")  # their "acc" is masked-patch InfoNCE accuracy, chance 1 / num_masked
+
+
+def infonce_onset(history: Path, chance: float, factor: float = 3.0) -> int | None:
+    """The first logged step whose masked-patch accuracy is over ``factor`` x chance; None if none is.
+
+    Until then every masked position makes the same prediction (a plateau whose length
+    varies from run to run); a checkpoint saved soon after it ends can fine-tune worse than
+    random init (bench/RESULTS.md, low-label section).
+    """
+    with open(history, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("acc") and float(row["acc"]) > factor * chance:
+                return int(row["step"])
+    return None
+
+
+def late_onset_warning(objective: str, onset: int | None, steps: int) -> str | None:
+    """A one-line warning when the InfoNCE plateau took more than half of the run, else None."""
+    if onset is not None and onset <= steps / 2:
+        return None
+    when = "never left chance" if onset is None else f"left chance only at step {onset} of {steps}"
+    fix = "; or start from sinusoidal positions: pos_init=sincos" if objective == "ssast" else ""
+    return (f"pretrain-{objective}: the masked-patch accuracy {when}: the encoder has had little training "
+            f"past that plateau and may fine-tune worse than random init; train longer (more max_steps){fix}")
+
+
 def run_pretrain(cfg: PretrainConfig, model_cfg: ModelConfig, frontend_cfg: FrontendConfig, train_set,
                  out: Path, *, resume: bool = False) -> tuple[KeywordModel, object]:
     """Pretrain an encoder; writes <out>/model as an encoder-only checkpoint."""
@@ -53,5 +82,10 @@ def run_pretrain(cfg: PretrainConfig, model_cfg: ModelConfig, frontend_cfg: Fron
     if trainer.ctx.is_main:
         save_model(model, out / "model", labels=[],
                    provenance={"stage": "pretrain", "objective": cfg.objective, "recipe": asdict(cfg)})
+        if cfg.objective in INFONCE_OBJECTIVES and result.history.is_file():
+            onset = infonce_onset(result.history, chance=1 / objective.num_masked)
+            warning = late_onset_warning(cfg.objective, onset, result.steps)
+            if warning:
+                Console(stderr=True).print(f"[yellow]warning:[/] {warning}")
     barrier(trainer.ctx)
     return model, result
