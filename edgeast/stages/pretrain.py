@@ -68,7 +68,9 @@ def late_onset_warning(objective: str, onset: int | None, steps: int, late: floa
     if onset is not None and onset <= late * steps:
         return None
     when = "never left chance" if onset is None else f"left chance only at step {onset} of {steps}"
-    fix = "; or start from sinusoidal positions: pos_init=sincos" if objective == "ssast" else ""
+    fix = ""
+    if objective == "ssast":
+        fix = "; or start from sinusoidal positions: --set pretrain.objective_cfg.pos_init=sincos"
     return (f"pretrain-{objective}: the masked-patch accuracy {when}: the encoder has had little training "
             f"past that plateau and may fine-tune worse than random init; train longer (more max_steps){fix}")
 
