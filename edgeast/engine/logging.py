@@ -62,6 +62,13 @@ class ProgressDisplay:
             self.bar = None
 
 
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    """The rows of a metrics.csv, each with only the columns it has a value for (``step`` an int)."""
+    with open(path, newline="") as f:
+        return [{k: int(v) if k == "step" else float(v) for k, v in row.items() if k and v not in ("", None)}
+                for row in csv.DictReader(f)]
+
+
 class MetricsLog:
     """Scalar rows (step, epoch, lr, loss, metrics, clips_per_s, eval_*) to metrics.csv and TensorBoard.
 
@@ -78,12 +85,9 @@ class MetricsLog:
         if not enabled:
             return
         if resume_step is not None and self.path.is_file():
-            with open(self.path, newline="") as f:
-                for row in csv.DictReader(f):
-                    values = {k: int(v) if k == "step" else float(v)
-                              for k, v in row.items() if k and v not in ("", None)}
-                    if values.get("step", math.inf) <= resume_step:
-                        self._remember(values)
+            for values in read_metrics(self.path):
+                if values.get("step", math.inf) <= resume_step:
+                    self._remember(values)
         self._rewrite()
         from torch.utils.tensorboard import SummaryWriter
         purge = None if resume_step is None else resume_step + 1

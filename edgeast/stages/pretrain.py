@@ -6,7 +6,6 @@ interrupted run resumes exactly.
 """
 from __future__ import annotations
 
-import csv
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from torch import Tensor, nn
 
 from edgeast.audio.frontend import FrontendConfig, LogMelFrontend
 from edgeast.engine.distributed import barrier
+from edgeast.engine.logging import read_metrics
 from edgeast.engine.trainer import Trainer
 from edgeast.models.ast import ASTClassifier
 from edgeast.models.checkpoint import save_model
@@ -51,11 +51,7 @@ def infonce_onset(history: Path, chance: float, factor: float = 3.0) -> int | No
     varies from run to run); a checkpoint saved soon after it ends can fine-tune worse than
     random init (bench/RESULTS.md, low-label section).
     """
-    with open(history, newline="") as f:
-        for row in csv.DictReader(f):
-            if row.get("acc") and float(row["acc"]) > factor * chance:
-                return int(row["step"])
-    return None
+    return next((row["step"] for row in read_metrics(history) if row.get("acc", 0.0) > factor * chance), None)
 
 
 def late_onset_warning(objective: str, onset: int | None, steps: int, late: float = 0.6) -> str | None:
