@@ -13,7 +13,7 @@ from edgeast.models.ast import (
     resize_pos_embed,
     sincos_pos_embed,
 )
-from edgeast.models.profile import count_macs, count_params, model_table
+from edgeast.models.profile import count_macs, count_params, count_step_flops, model_table
 
 
 def small_config(**overrides) -> ASTConfig:
@@ -163,6 +163,19 @@ def test_analytic_macs_match_counted(monkeypatch):
                 torch.testing.assert_close(model(x), fused, atol=1e-5, rtol=1e-5)
             monkeypatch.undo()
         assert counter.get_total_flops() == 2 * count_macs(cfg)
+
+
+def test_step_flops_are_three_forwards_less_the_input_gradient():
+    """A backward costs two forwards' products, except the input's gradient, which nothing asks for."""
+    for overrides in (dict(stride_f=10, stride_t=10), dict(patch_f=64, patch_t=2, stride_f=64, stride_t=2)):
+        cfg = small_config(prefix_tokens=2, **overrides)
+        model = ASTClassifier(cfg)
+        x = torch.randn(1, 48, 64)
+        flops = count_step_flops(lambda: model(x).sum())  # noqa: B023 (called at once)
+        n_f, n_t = cfg.grid
+        embed_macs = n_f * n_t * cfg.embed_dim * cfg.patch_f * cfg.patch_t
+        assert flops == 3 * 2 * count_macs(cfg) - 2 * embed_macs
+        assert all(p.grad is not None for p in model.parameters())
 
 
 def test_model_table_rows():

@@ -7,7 +7,12 @@ sum, head); norms, softmax and activations are left out, as is usual.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
 from edgeast.models.ast import SIZES, TOKENIZERS, ASTClassifier, ASTConfig, ast_config
 
@@ -66,3 +71,16 @@ def model_table(
                 }
             )
     return rows
+
+
+def count_step_flops(step: Callable[[], Tensor]) -> int:
+    """FLOPs of ``step()`` (a forward that returns a loss) and its backward, counted by torch's FlopCounterMode.
+
+    Why: a FLOP ratio bounds the speed-up that any equally efficient implementation can show
+    (bench/pretrain_speed.py). Attention runs on SDPA's reference kernel while counting, so its
+    two matrix products are counted (the counter cannot see inside the fused CPU kernel). The
+    gradients the backward leaves are the caller's to clear.
+    """
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+        step().backward()
+    return counter.get_total_flops()
