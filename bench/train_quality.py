@@ -87,7 +87,8 @@ def parse_objective(spec: str) -> tuple[str, list[str]]:
     head, *fields = spec.split("/")
     name, _, steps = head.partition(":")
     overrides = [f"pretrain.objective={name}"] + ([f"pretrain.engine.max_steps={int(steps)}"] if steps else [])
-    return name, overrides + [f"pretrain.objective_cfg.{field}" for field in fields]
+    # The recipe's objective_cfg belongs to its own objective; a named one starts from its defaults.
+    return name, overrides + ["pretrain.objective_cfg={}"] + [f"pretrain.objective_cfg.{field}" for field in fields]
 
 
 def main() -> None:

@@ -72,9 +72,22 @@ def test_shipped_recipes_load():
     ("teacher.size=huge", "teacher: unknown AST size 'huge'"),
     ("distill.student.overrides.depthh=3", "distill.student: .*depthh"),
     ("pretrain.objective=byol", "pretrain.objective='byol'"),
-    ("pretrain.objective_cfg.mask_ration=0.5", "pretrain.objective_cfg: .*mask_ration"),
+    ("pretrain.objective_cfg.mask_ration=0.5", r"pretrain.objective_cfg: .*mask_ration.*\(settings for objective \w+"),
     ("data.synth.speakers=many", "data.synth: .*speakers"),
 ])
 def test_free_form_sections_are_checked(override, message):
     with pytest.raises(ConfigError, match=message):
         validate_sections(load_config(Recipe, None, [override]))
+
+
+def test_another_objective_can_drop_the_recipes_objective_settings():
+    """The low-label recipe's settings are SSAST's; naming MAE-AST says how to drop them."""
+    from pathlib import Path
+
+    recipe = Path(__file__).parent.parent / "train/recipes/lowlabel_pretrain.yaml"
+    with pytest.raises(ConfigError, match=r"unknown key 'pos_init'.*pretrain\.objective_cfg=\{\}"):
+        validate_sections(load_config(Recipe, recipe, ["pretrain.objective=maeast"]))
+    dropped = load_config(Recipe, recipe, ["pretrain.objective=maeast", "pretrain.objective_cfg={}",
+                                           "pretrain.objective_cfg.mask_ratio=0.5"])
+    validate_sections(dropped)
+    assert dropped.pretrain.objective_cfg == {"mask_ratio": 0.5}

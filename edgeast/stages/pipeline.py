@@ -81,7 +81,10 @@ def validate_sections(recipe: Recipe) -> None:
         try:
             from_dict(cls, values)
         except (ConfigError, TypeError, ValueError) as e:
-            raise ConfigError(f"{key}: {e}") from None
+            hint = ""
+            if key == "pretrain.objective_cfg":  # e.g. the recipe's settings for another objective
+                hint = f" (settings for objective {objective}; --set pretrain.objective_cfg={{}} drops the recipe's)"
+            raise ConfigError(f"{key}: {e}{hint}") from None
 
 
 def check_recipe(recipe: Recipe, stages: list[str]) -> None:
