@@ -1,8 +1,9 @@
-"""Size table: parameters and multiply-accumulates of each AST size per tokenizer.
+"""Size table: parameters and multiply-accumulates of each AST size per tokenizer; training-step FLOPs.
 
 MACs are counted analytically over the matrix products (patch embedding,
 qkv / projection / MLP linears, attention scores and the attention-weighted
-sum, head); norms, softmax and activations are left out, as is usual.
+sum, head); norms, softmax and activations are left out, as is usual. A
+training step's FLOPs (any objective) are counted by torch as it runs.
 """
 
 from __future__ import annotations
