@@ -42,7 +42,7 @@ def build_kws(build_dir: Path) -> Path:
 def kws_stream_bin(tmp_path_factory) -> Path:
     missing = [tool for tool in ("cmake", "c++") if shutil.which(tool) is None]
     if missing:
-        pytest.skip(f"building the C++ runtime needs {' and '.join(missing)} on PATH")
+        pytest.skip(f"building the C++ runtime needs {' and '.join(missing)} on PATH (e.g. apt-get install cmake g++)")
     return build_kws(tmp_path_factory.mktemp("kws_build"))
 
 
