@@ -17,6 +17,7 @@ that moved only float rounding turned its 0.565 vs 0.468 into 0.339 vs 0.468: a 
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -106,13 +107,21 @@ def test_standardized_features_have_zero_mean_and_unit_std():
     assert (pooled.std(dim=0) - 1).abs().max() < 1e-3
 
 
-@pytest.fixture
-def one_thread():
+@contextlib.contextmanager
+def single_thread():
     """Single-threaded float reductions: the run is the same on every machine."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread():
+    with single_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -123,19 +132,24 @@ def frontend(data) -> FrontendConfig:
     return replace(FrontendConfig(), mean=mean, std=std)
 
 
-def pretrain(objective: str, objective_cfg: dict, model_cfg: ModelConfig, data: DataConfig,
-             frontend: FrontendConfig, out: Path) -> Path:
-    """1500 seeded pretraining steps on one 1 s crop per unlabeled sentence; returns the encoder's folder."""
+@pytest.fixture(scope="module")
+def crops(data) -> list:
+    """One 1 s crop per unlabeled sentence, read once and kept in memory."""
+    unlabeled = unlabeled_set(data)
+    return [unlabeled[i] for i in range(len(unlabeled))]
+
+
+def pretrain(objective: str, objective_cfg: dict, model_cfg: ModelConfig, crops: list, frontend: FrontendConfig,
+             out: Path) -> Path:
+    """1500 seeded pretraining steps on the crops; returns the encoder's folder."""
     torch.manual_seed(0)
     cfg = PretrainConfig(objective=objective, objective_cfg=objective_cfg, engine=engine(PRETRAIN_STEPS, 2e-3))
-    unlabeled = unlabeled_set(data)
-    crops = [unlabeled[i] for i in range(len(unlabeled))]  # in memory
     run_pretrain(cfg, model_cfg, frontend, crops, out)
     return out / "model"
 
 
-def test_pretrained_encoder_beats_random_init_at_equal_fine_tuning(data, frontend, tmp_path, one_thread):
-    encoder = pretrain("maeast", {"mask_ratio": 0.5}, MODEL, data, frontend, tmp_path / "pretrain")
+def test_pretrained_encoder_beats_random_init_at_equal_fine_tuning(data, crops, frontend, tmp_path, one_thread):
+    encoder = pretrain("maeast", {"mask_ratio": 0.5}, MODEL, crops, frontend, tmp_path / "pretrain")
     scratch = fine_tune("scratch", data, frontend, tmp_path / "scratch")
     pretrained = fine_tune(str(encoder), data, frontend, tmp_path / "pretrained")
     assert pretrained > scratch + MARGIN, f"pretrained {pretrained:.3f} vs random init {scratch:.3f}"
@@ -144,18 +158,15 @@ def test_pretrained_encoder_beats_random_init_at_equal_fine_tuning(data, fronten
 @pytest.fixture(scope="module")
 def patch_scratch(data, frontend, tmp_path_factory) -> float:
     """Random init's score on 16x16 patches, shared by the three objectives."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         out = tmp_path_factory.mktemp("patch_scratch")
         return fine_tune("scratch", data, frontend, out, PATCH_MODEL, PATCH_FINETUNE_STEPS)
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("objective", list(PATCH_OBJECTIVES))
-def test_each_objective_beats_random_init_on_patches(objective, data, frontend, patch_scratch, tmp_path, one_thread):
-    encoder = pretrain(objective, PATCH_OBJECTIVES[objective], PATCH_MODEL, data, frontend, tmp_path / "pretrain")
+def test_each_objective_beats_random_init_on_patches(objective, data, crops, frontend, patch_scratch, tmp_path,
+                                                      one_thread):
+    encoder = pretrain(objective, PATCH_OBJECTIVES[objective], PATCH_MODEL, crops, frontend, tmp_path / "pretrain")
     pretrained = fine_tune(str(encoder), data, frontend, tmp_path / "pretrained", PATCH_MODEL, PATCH_FINETUNE_STEPS)
     assert pretrained > patch_scratch + PATCH_MARGIN, (
         f"{objective}: pretrained {pretrained:.3f} vs random init {patch_scratch:.3f}")

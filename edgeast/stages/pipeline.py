@@ -76,14 +76,15 @@ def validate_sections(recipe: Recipe) -> None:
     objective = recipe.pretrain.objective
     if objective not in OBJECTIVES:
         raise ConfigError(f"pretrain.objective={objective!r}: use one of {', '.join(OBJECTIVES)}")
-    for key, cls, values in (("pretrain.objective_cfg", OBJECTIVES[objective][0], recipe.pretrain.objective_cfg),
-                             ("data.synth", SynthConfig, recipe.data.synth)):
+    # A recipe's objective_cfg may be settings for another objective than the one named on the command line.
+    drop_hint = f" (settings for objective {objective}; --set pretrain.objective_cfg={{}} drops the recipe's)"
+    for key, cls, values, hint in (
+        ("pretrain.objective_cfg", OBJECTIVES[objective][0], recipe.pretrain.objective_cfg, drop_hint),
+        ("data.synth", SynthConfig, recipe.data.synth, ""),
+    ):
         try:
             from_dict(cls, values)
         except (ConfigError, TypeError, ValueError) as e:
-            hint = ""
-            if key == "pretrain.objective_cfg":  # e.g. the recipe's settings for another objective
-                hint = f" (settings for objective {objective}; --set pretrain.objective_cfg={{}} drops the recipe's)"
             raise ConfigError(f"{key}: {e}{hint}") from None
 
 
